@@ -1,0 +1,103 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// One setting list for every Swift target, as in Hummingbird.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "apus",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "apus", targets: ["apus"]),
+        .library(name: "CApusABI", targets: ["CApusABI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", exact: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", exact: "3.12.3"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", exact: "0.6.0"),
+    ],
+    targets: [
+        // The C ABI between the gateway and handler plugins. Depends on nothing.
+        .target(name: "CApusABI", path: "Sources/CApusABI"),
+        // The handler SDK: compiled together with each user handler file by `ApusCompiler`.
+        // It is a target here only so that it is type-checked and unit-tested with the package.
+        .target(name: "ApusSDK", dependencies: ["CApusABI"], exclude: ["Entry"], swiftSettings: swiftSettings),
+        .target(
+            name: "ApusConfig",
+            dependencies: [.product(name: "TOMLKit", package: "TOMLKit")],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "ApusRouting", swiftSettings: swiftSettings),
+        .target(
+            name: "ApusCompiler",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ApusPlugins",
+            dependencies: ["CApusABI", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ApusSupervisor",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ApusProxy",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ApusServer",
+            dependencies: [
+                "ApusRouting", "ApusProxy", "ApusPlugins",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "apus",
+            dependencies: [
+                "ApusConfig", "ApusRouting", "ApusCompiler", "ApusPlugins", "ApusSupervisor",
+                "ApusProxy", "ApusServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ApusTests",
+            dependencies: [
+                "ApusConfig", "ApusRouting", "ApusCompiler", "ApusPlugins", "ApusProxy", "ApusServer",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

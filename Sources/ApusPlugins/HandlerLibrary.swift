@@ -1,0 +1,257 @@
+import CApusABI
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Where a native handler runs; mirrors `apus_type_handler_kind`.
+public enum HandlerKind: String, Sendable {
+    /// On the event loop, for fast code that never blocks.
+    case inline
+    /// On the gateway's thread pool.
+    case blocking
+    /// Started on the event loop, completed later from any thread.
+    case async
+}
+
+/// A request handed to a native handler, as plain values (no HTTP types).
+public struct NativeRequest: Sendable {
+    public var method: String
+    public var path: String
+    public var query: String
+    public var requestID: String
+    public var remoteAddress: String
+    public var headers: [(name: String, value: String)]
+    public var parameters: [(name: String, value: String)]
+
+    public init(
+        method: String, path: String, query: String, requestID: String, remoteAddress: String,
+        headers: [(name: String, value: String)], parameters: [(name: String, value: String)]
+    ) {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.requestID = requestID
+        self.remoteAddress = remoteAddress
+        self.headers = headers
+        self.parameters = parameters
+    }
+}
+
+/// A response from a native handler, copied out of the module's memory.
+public struct NativeResponse: Sendable {
+    public var status: Int
+    public var headers: [(name: String, value: String)]
+    public var body: [UInt8]
+
+    public init(status: Int, headers: [(name: String, value: String)], body: [UInt8]) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// The host side of one in-flight native call. Its address is the module's
+/// `apus_type_responder *`; completion is accepted once, from any thread.
+public final class NativeResponder: Sendable {
+    let handlerName: String
+    let logger: Logger
+    private let completed = Atomic<Bool>(false)
+    private let completion: @Sendable (NativeResponse) -> Void
+
+    /// Creates a responder that calls `completion` once with the module's answer.
+    public init(handlerName: String, logger: Logger, completion: @escaping @Sendable (NativeResponse) -> Void) {
+        self.handlerName = handlerName
+        self.logger = logger
+        self.completion = completion
+    }
+
+    /// Completes the call; a second completion is a module bug, logged and dropped.
+    func complete(_ response: NativeResponse) {
+        guard !completed.exchange(true, ordering: .acquiringAndReleasing) else {
+            logger.error("handler responded twice; second response dropped", metadata: ["handler.name": "\(handlerName)"])
+            return
+        }
+        completion(response)
+    }
+}
+
+/// A loaded native handler module. Libraries are opened with `RTLD_NODELETE` and
+/// never closed: unloading a Swift library leaves its type metadata registered
+/// and crashes the process later.
+public final class HandlerLibrary: Sendable {
+    /// The handler's name, as routes name it.
+    public let name: String
+    /// The file it was loaded from.
+    public let path: String
+    /// Where the handler runs.
+    public let kind: HandlerKind
+    private let module: ModulePointer
+
+    private struct ModulePointer: @unchecked Sendable {
+        // Points at the module's immutable description, valid for the process's life.
+        let pointer: UnsafePointer<apus_type_module>
+    }
+
+    /// Loads and checks a handler library: ABI version first, then the module's
+    /// struct sizes, before any handler code runs.
+    public static func load(path: String, name: String) throws(PluginError) -> HandlerLibrary {
+        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
+            throw .open(path, dlerror().map { String(cString: $0) } ?? "unknown dlopen error")
+        }
+        guard let versionSymbol = dlsym(handle, APUS_ON_ABI_VERSION_SYMBOL) else {
+            throw .notAModule(path, missing: APUS_ON_ABI_VERSION_SYMBOL)
+        }
+        let moduleVersion = unsafeBitCast(versionSymbol, to: apus_on_abi_version_fn.self)()
+        guard moduleVersion == UInt32(APUS_ABI_VERSION) else {
+            throw .version(path, module: moduleVersion, host: UInt32(APUS_ABI_VERSION))
+        }
+        guard let initSymbol = dlsym(handle, APUS_ON_MODULE_INIT_SYMBOL) else {
+            throw .notAModule(path, missing: APUS_ON_MODULE_INIT_SYMBOL)
+        }
+        let initialize = unsafeBitCast(initSymbol, to: apus_on_module_init_fn.self)
+        guard let module = initialize(HostTable.shared.pointer) else {
+            throw .layout(path, "apus_on_module_init refused the host (struct size or version)")
+        }
+        guard module.pointee.struct_size == UInt32(MemoryLayout<apus_type_module>.size) else {
+            throw .layout(
+                path,
+                "module struct is \(module.pointee.struct_size) bytes, host expects \(MemoryLayout<apus_type_module>.size)"
+            )
+        }
+        guard module.pointee.abi_version == UInt32(APUS_ABI_VERSION) else {
+            throw .version(path, module: module.pointee.abi_version, host: UInt32(APUS_ABI_VERSION))
+        }
+        guard module.pointee.on_request != nil else { throw .layout(path, "module has no on_request") }
+        let kind: HandlerKind
+        switch module.pointee.kind {
+        case UInt32(APUS_HANDLER_INLINE.rawValue): kind = .inline
+        case UInt32(APUS_HANDLER_BLOCKING.rawValue): kind = .blocking
+        case UInt32(APUS_HANDLER_ASYNC.rawValue): kind = .async
+        default: throw .layout(path, "unknown handler kind \(module.pointee.kind)")
+        }
+        return HandlerLibrary(name: name, path: path, kind: kind, module: ModulePointer(pointer: module))
+    }
+
+    private init(name: String, path: String, kind: HandlerKind, module: ModulePointer) {
+        self.name = name
+        self.path = path
+        self.kind = kind
+        self.module = module
+    }
+
+    /// Calls the handler. `request` and `body` are borrowed for the call only;
+    /// the module answers through `responder`, now or later, from any thread.
+    public func invoke(_ request: NativeRequest, body: UnsafeRawBufferPointer, responder: NativeResponder) {
+        // Every string goes into one arena so that the C structs can point into it.
+        var arena: [UInt8] = []
+        arena.reserveCapacity(256)
+        func add(_ text: String) -> (Int, Int) {
+            let start = arena.count
+            arena.append(contentsOf: text.utf8)
+            return (start, arena.count - start)
+        }
+        let method = add(request.method)
+        let path = add(request.path)
+        let query = add(request.query)
+        let requestID = add(request.requestID)
+        let remote = add(request.remoteAddress)
+        let headerSpans = request.headers.map { (add($0.name), add($0.value)) }
+        let parameterSpans = request.parameters.map { (add($0.name), add($0.value)) }
+        let onRequest = module.pointer.pointee.on_request!
+        let opaqueResponder = OpaquePointer(Unmanaged.passRetained(responder).toOpaque())
+
+        arena.withUnsafeBufferPointer { bytes in
+            let base = UnsafeRawPointer(bytes.baseAddress)?.assumingMemoryBound(to: CChar.self)
+            func str(_ span: (Int, Int)) -> apus_type_str {
+                apus_type_str(data: base.map { $0 + span.0 }, length: span.1)
+            }
+            let headers = headerSpans.map { apus_type_header(name: str($0.0), value: str($0.1)) }
+            let parameters = parameterSpans.map { apus_type_header(name: str($0.0), value: str($0.1)) }
+            headers.withUnsafeBufferPointer { headerBuffer in
+                parameters.withUnsafeBufferPointer { parameterBuffer in
+                    var cRequest = apus_type_request(
+                        struct_size: UInt32(MemoryLayout<apus_type_request>.size),
+                        method: str(method), path: str(path), query: str(query),
+                        request_id: str(requestID), remote_address: str(remote),
+                        headers: headerBuffer.baseAddress, header_count: headerBuffer.count,
+                        params: parameterBuffer.baseAddress, param_count: parameterBuffer.count,
+                        body: body.baseAddress?.assumingMemoryBound(to: UInt8.self), body_length: body.count
+                    )
+                    onRequest(&cRequest, opaqueResponder)
+                }
+            }
+        }
+    }
+}
+
+/// The callback table every module receives; one for the process.
+private final class HostTable: Sendable {
+    static let shared = HostTable()
+    private struct TablePointer: @unchecked Sendable { let pointer: UnsafeMutablePointer<apus_type_host> }
+    private let table: TablePointer
+    var pointer: UnsafePointer<apus_type_host> { UnsafePointer(table.pointer) }
+
+    private init() {
+        let table = UnsafeMutablePointer<apus_type_host>.allocate(capacity: 1)
+        table.initialize(
+            to: apus_type_host(
+                struct_size: UInt32(MemoryLayout<apus_type_host>.size),
+                abi_version: UInt32(APUS_ABI_VERSION),
+                callback_respond: { responderPointer, response in
+                    guard let responderPointer else { return }
+                    // Consumes the reference `invoke` passed to the module.
+                    let responder = Unmanaged<NativeResponder>.fromOpaque(UnsafeRawPointer(responderPointer))
+                        .takeRetainedValue()
+                    guard let response, response.pointee.struct_size == UInt32(MemoryLayout<apus_type_response>.size)
+                    else {
+                        responder.complete(NativeResponse(status: 500, headers: [], body: Array("handler response ABI mismatch".utf8)))
+                        return
+                    }
+                    responder.complete(copyResponse(response.pointee))
+                },
+                callback_log: { responderPointer, level, message in
+                    let text = string(message)
+                    guard let responderPointer else {
+                        Logger(label: "apus.handler").log(level: logLevel(level), "\(text)")
+                        return
+                    }
+                    let responder = Unmanaged<NativeResponder>.fromOpaque(UnsafeRawPointer(responderPointer))
+                        .takeUnretainedValue()
+                    responder.logger.log(level: logLevel(level), "\(text)", metadata: ["handler.name": "\(responder.handlerName)"])
+                }
+            )
+        )
+        self.table = TablePointer(pointer: table)
+    }
+}
+
+private func logLevel(_ level: UInt32) -> Logger.Level {
+    switch level {
+    case UInt32(APUS_LOG_DEBUG.rawValue): return .debug
+    case UInt32(APUS_LOG_INFO.rawValue): return .info
+    case UInt32(APUS_LOG_WARNING.rawValue): return .warning
+    default: return .error
+    }
+}
+
+private func string(_ value: apus_type_str) -> String {
+    guard let data = value.data, value.length > 0 else { return "" }
+    return String(decoding: UnsafeRawBufferPointer(start: data, count: value.length), as: UTF8.self)
+}
+
+private func copyResponse(_ c: apus_type_response) -> NativeResponse {
+    var headers: [(name: String, value: String)] = []
+    headers.reserveCapacity(c.header_count)
+    for index in 0..<c.header_count {
+        headers.append((string(c.headers[index].name), string(c.headers[index].value)))
+    }
+    let body: [UInt8] = c.body_length > 0 && c.body != nil ? Array(UnsafeBufferPointer(start: c.body, count: c.body_length)) : []
+    return NativeResponse(status: Int(c.status), headers: headers, body: body)
+}
