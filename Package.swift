@@ -68,8 +68,9 @@ let package = Package(
         .target(
             name: "ApusServer",
             dependencies: [
-                "ApusRouting", "ApusProxy", "ApusPlugins",
+                "ApusConfig", "ApusRouting", "ApusProxy", "ApusPlugins",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
@@ -84,6 +85,8 @@ let package = Package(
                 "ApusConfig", "ApusRouting", "ApusCompiler", "ApusPlugins", "ApusSupervisor",
                 "ApusProxy", "ApusServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

@@ -72,6 +72,11 @@ public final class NativeResponder: Sendable {
         self.completion = completion
     }
 
+    /// Completes the call with a gateway-made JSON error, e.g. when the handler never ran.
+    public func fail(status: Int, message: String) {
+        complete(NativeResponse(status: status, headers: [("content-type", "application/json")], body: Array("{\"error\":\"\(message)\"}".utf8)))
+    }
+
     /// Completes the call; a second completion is a module bug, logged and dropped.
     func complete(_ response: NativeResponse) {
         guard !completed.exchange(true, ordering: .acquiringAndReleasing) else {

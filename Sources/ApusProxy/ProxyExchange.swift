@@ -1,0 +1,270 @@
+import NIOCore
+import NIOHTTP1
+
+/// Where a proxied response goes: the client side of the exchange. The gateway's
+/// connection handler implements it for HTTP/1.1 (and HTTP/2 streams, which are
+/// turned into the same parts).
+public protocol ProxyDownstream: AnyObject {
+    /// Writes the (already translated) response head.
+    func proxyWriteHead(_ head: HTTPResponseHead)
+    /// Writes a piece of response body.
+    func proxyWriteBody(_ buffer: ByteBuffer)
+    /// Ends the response. `requestComplete` says whether the whole request
+    /// reached the backend; when it did not, the client connection must close.
+    func proxyWriteEnd(_ trailers: HTTPHeaders?, requestComplete: Bool)
+    /// Flushes written parts.
+    func proxyFlush()
+    /// The exchange failed. Before the head was written the client gets a 502 or
+    /// 504; after it, the connection can only be closed.
+    func proxyFailed(_ error: UpstreamError, headWritten: Bool)
+    /// Stops or restarts reading the request body (back-pressure towards the client).
+    func proxySetRequestReading(_ enabled: Bool)
+    /// Whether the client connection can take more bytes now.
+    var proxyDownstreamWritable: Bool { get }
+}
+
+/// One request/response exchange with the backend, streaming both bodies with
+/// back-pressure: the client is not read while the backend connection is full,
+/// and the backend is not read while the client connection is full. Lives on
+/// the event loop of the client connection and of its pool.
+public final class ProxyExchange: UpstreamDelegate {
+    private enum State {
+        /// Waiting for a pooled or new connection; body parts are queued (reading is paused).
+        case connecting
+        /// Request head sent, response head not yet received.
+        case awaitingResponse
+        /// Response head passed on; streaming the response body.
+        case streamingResponse
+        /// Response finished or exchange failed; nothing more happens.
+        case finished
+    }
+
+    private let pool: UpstreamPool
+    private let head: HTTPRequestHead
+    private let requestHasBody: Bool
+    private weak var downstream: (any ProxyDownstream)?
+    private var state = State.connecting
+    private var connection: UpstreamConnection?
+    private var queued: [HTTPClientRequestPart] = []
+    private var requestComplete = false
+    private var requestBodyStarted = false
+    private var responseKeepAlive = true
+    private var retried = false
+    private var responseTimer: Scheduled<Void>?
+    private var idleTimer: Scheduled<Void>?
+    private var lastActivity = NIODeadline.now()
+    /// Status the backend answered, for the access log.
+    public private(set) var responseStatus: HTTPResponseStatus?
+    /// When the response head arrived, for the access log's upstream time.
+    public private(set) var responseHeadAt: NIODeadline?
+
+    /// Prepares an exchange; `head` is already rewritten for the backend (`makeUpstreamHead`).
+    public init(pool: UpstreamPool, head: HTTPRequestHead, requestHasBody: Bool, downstream: any ProxyDownstream) {
+        self.pool = pool
+        self.head = head
+        self.requestHasBody = requestHasBody
+        self.downstream = downstream
+    }
+
+    /// Gets a connection and sends the request head (and any queued body).
+    public func start() {
+        downstream?.proxySetRequestReading(false)
+        let exchange = NIOLoopBound(self, eventLoop: pool.eventLoop)
+        pool.acquire().whenComplete { result in
+            let exchange = exchange.value
+            switch result {
+            case .success(let connection): exchange.connected(connection)
+            case .failure(let error): exchange.fail(error as? UpstreamError ?? .connectFailed("\(error)"))
+            }
+        }
+    }
+
+    private func connected(_ connection: UpstreamConnection) {
+        guard case .connecting = state else {
+            pool.release(connection, reusable: true)
+            return
+        }
+        self.connection = connection
+        connection.handler.delegate = self
+        state = .awaitingResponse
+        let channel = connection.channel
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        for part in queued { channel.write(part, promise: nil) }
+        queued.removeAll()
+        channel.flush()
+        touch()
+        scheduleIdleCheck()
+        if requestComplete { armResponseTimer() }
+        downstream?.proxySetRequestReading(channel.isWritable)
+        // Pooled connections were read-paused when released; make sure the response is read.
+        channel.read()
+    }
+
+    // MARK: request side (called by the gateway's connection handler)
+
+    /// A piece of request body from the client.
+    public func requestBody(_ buffer: ByteBuffer) {
+        requestBodyStarted = true
+        touch()
+        send(.body(.byteBuffer(buffer)), flush: false)
+    }
+
+    /// The end of the request from the client.
+    public func requestEnd(_ trailers: HTTPHeaders?) {
+        requestComplete = true
+        send(.end(trailers), flush: true)
+        if case .awaitingResponse = state { armResponseTimer() }
+    }
+
+    /// The client's read batch is over: push what was written.
+    public func requestReadComplete() {
+        connection?.channel.flush()
+    }
+
+    /// The client connection's writability changed: resume reading the backend when it drained.
+    public func downstreamWritabilityChanged(_ writable: Bool) {
+        if writable { connection?.handler.resumeReading() }
+    }
+
+    /// The client went away: abandon the exchange and the backend connection with it.
+    public func cancel() {
+        guard !isFinished else { return }
+        finish(reusable: false)
+    }
+
+    private var isFinished: Bool {
+        if case .finished = state { return true }
+        return false
+    }
+
+    private func send(_ part: HTTPClientRequestPart, flush: Bool) {
+        switch state {
+        case .connecting:
+            queued.append(part)
+        case .awaitingResponse, .streamingResponse:
+            guard let channel = connection?.channel else { return }
+            if flush {
+                channel.writeAndFlush(part, promise: nil)
+            } else {
+                channel.write(part, promise: nil)
+            }
+            if !channel.isWritable { downstream?.proxySetRequestReading(false) }
+        case .finished:
+            break  // the backend already answered (or failed); the rest of the body is dropped
+        }
+    }
+
+    // MARK: backend side
+
+    func upstreamRead(_ part: HTTPClientResponsePart) {
+        touch()
+        switch part {
+        case .head(let response):
+            // Informational answers (100 Continue) are the gateway's business, not the client's.
+            if response.status.code < 200 { return }
+            responseTimer?.cancel()
+            responseStatus = response.status
+            responseHeadAt = .now()
+            responseKeepAlive = response.isKeepAlive
+            state = .streamingResponse
+            downstream?.proxyWriteHead(response)
+        case .body(let buffer):
+            downstream?.proxyWriteBody(buffer)
+        case .end(let trailers):
+            guard case .streamingResponse = state else { return }
+            let complete = requestComplete
+            finish(reusable: responseKeepAlive && complete)
+            downstream?.proxyWriteEnd(trailers, requestComplete: complete)
+        }
+    }
+
+    func upstreamReadComplete() {
+        downstream?.proxyFlush()
+    }
+
+    func upstreamWritabilityChanged(_ writable: Bool) {
+        downstream?.proxySetRequestReading(writable)
+    }
+
+    var upstreamMayRead: Bool { downstream?.proxyDownstreamWritable ?? true }
+
+    func upstreamClosed() {
+        switch state {
+        case .awaitingResponse:
+            // A pooled connection the backend closed while idle: try once more on a new one,
+            // when nothing of the body has gone out yet.
+            if let connection, connection.isReused, !retried, !requestBodyStarted || !requestHasBody {
+                retried = true
+                connection.handler.delegate = nil
+                self.connection = nil
+                responseTimer?.cancel()
+                state = .connecting
+                if requestComplete { queued.append(.end(nil)) }
+                start()
+                return
+            }
+            fail(.closedEarly)
+        case .streamingResponse:
+            fail(.closedEarly)
+        case .connecting, .finished:
+            break
+        }
+    }
+
+    func upstreamError(_ error: any Error) {
+        // The channel closes right after; upstreamClosed decides what the client sees.
+    }
+
+    private func fail(_ error: UpstreamError) {
+        guard !isFinished else { return }
+        let headWritten: Bool
+        if case .streamingResponse = state { headWritten = true } else { headWritten = false }
+        finish(reusable: false)
+        downstream?.proxyFailed(error, headWritten: headWritten)
+    }
+
+    private func finish(reusable: Bool) {
+        state = .finished
+        responseTimer?.cancel()
+        idleTimer?.cancel()
+        queued.removeAll()
+        if let connection {
+            self.connection = nil
+            pool.release(connection, reusable: reusable)
+        }
+    }
+
+    // MARK: timers
+
+    private func touch() { lastActivity = .now() }
+
+    private func armResponseTimer() {
+        responseTimer?.cancel()
+        let exchange = NIOLoopBound(self, eventLoop: pool.eventLoop)
+        responseTimer = pool.eventLoop.scheduleTask(in: pool.settings.responseTimeout) {
+            let exchange = exchange.value
+            if case .awaitingResponse = exchange.state { exchange.fail(.responseTimeout) }
+        }
+    }
+
+    /// One timer for the whole exchange, re-armed from the last activity when it fires,
+    /// instead of a timer per body chunk.
+    private func scheduleIdleCheck() {
+        let exchange = NIOLoopBound(self, eventLoop: pool.eventLoop)
+        let deadline = lastActivity + pool.settings.idleTimeout
+        idleTimer = pool.eventLoop.scheduleTask(deadline: deadline) {
+            let exchange = exchange.value
+            guard !exchange.isFinished else { return }
+            if NIODeadline.now() >= exchange.lastActivity + exchange.pool.settings.idleTimeout {
+                // Waiting for a response head is the response timer's business.
+                if case .awaitingResponse = exchange.state, exchange.requestComplete {
+                    exchange.scheduleIdleCheck()
+                    return
+                }
+                exchange.fail(.idleTimeout)
+            } else {
+                exchange.scheduleIdleCheck()
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+import Logging
+import Synchronization
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Settings for the connections to one backend.
+public struct UpstreamSettings: Sendable {
+    /// Where the backend listens.
+    public var address: SocketAddress
+    /// Longest wait for a connection.
+    public var connectTimeout: TimeAmount
+    /// Longest wait for a response head after the request head was sent.
+    public var responseTimeout: TimeAmount
+    /// Longest a streaming body may go without a byte in either direction.
+    public var idleTimeout: TimeAmount
+    /// Upper bound on connections per event loop; requests past it wait in line.
+    public var maxConnections: Int
+    /// How long an unused pooled connection is kept.
+    public var poolIdleTimeout: TimeAmount
+
+    public init(
+        address: SocketAddress, connectTimeout: TimeAmount, responseTimeout: TimeAmount, idleTimeout: TimeAmount,
+        maxConnections: Int, poolIdleTimeout: TimeAmount
+    ) {
+        self.address = address
+        self.connectTimeout = connectTimeout
+        self.responseTimeout = responseTimeout
+        self.idleTimeout = idleTimeout
+        self.maxConnections = maxConnections
+        self.poolIdleTimeout = poolIdleTimeout
+    }
+}
+
+/// Why a backend exchange failed; decides between 502 and 504.
+public enum UpstreamError: Error, Sendable, CustomStringConvertible {
+    case connectFailed(String)
+    case connectTimeout
+    case responseTimeout
+    case idleTimeout
+    case closedEarly
+    case poolShutDown
+
+    public var description: String {
+        switch self {
+        case .connectFailed(let reason): return "backend unreachable: \(reason)"
+        case .connectTimeout: return "timed out connecting to the backend"
+        case .responseTimeout: return "backend did not answer in time"
+        case .idleTimeout: return "backend stream stalled"
+        case .closedEarly: return "backend closed the connection before answering"
+        case .poolShutDown: return "gateway is shutting down"
+        }
+    }
+
+    /// 504 for timeouts, 502 for everything else.
+    public var status: HTTPResponseStatus {
+        switch self {
+        case .connectTimeout, .responseTimeout, .idleTimeout: return .gatewayTimeout
+        default: return .badGateway
+        }
+    }
+}
+
+/// The keep-alive connections of one event loop to the backend.
+///
+/// A pool belongs to one event loop and is only touched on it, so the data path
+/// takes no lock: the gateway's connection handlers and their backend
+/// connections share the loop. Idle connections are reused most-recently-used
+/// first (so a burst's extra connections age out), and kept until
+/// `poolIdleTimeout`; requests past `maxConnections` wait in line.
+public final class UpstreamPool {
+    /// The loop this pool belongs to.
+    public let eventLoop: any EventLoop
+    let settings: UpstreamSettings
+    private let logger: Logger
+    private var idle: [UpstreamConnection] = []
+    private var open = 0
+    private var waiters: [EventLoopPromise<UpstreamConnection>] = []
+    private var sweeper: RepeatedTask?
+    private var isShutDown = false
+
+    public init(eventLoop: any EventLoop, settings: UpstreamSettings, logger: Logger) {
+        self.eventLoop = eventLoop
+        self.settings = settings
+        self.logger = logger
+        let interval = TimeAmount.nanoseconds(max(settings.poolIdleTimeout.nanoseconds / 2, 100_000_000))
+        let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+        sweeper = eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            loopBound.value.closeExpiredIdleConnections()
+        }
+    }
+
+    /// Connections open now, idle or busy.
+    public var openConnections: Int { open }
+
+    /// Hands out an idle connection, or opens one, or queues when at the limit.
+    public func acquire() -> EventLoopFuture<UpstreamConnection> {
+        eventLoop.preconditionInEventLoop()
+        if isShutDown { return eventLoop.makeFailedFuture(UpstreamError.poolShutDown) }
+        while let connection = idle.popLast() {
+            if connection.channel.isActive {
+                connection.isReused = true
+                return eventLoop.makeSucceededFuture(connection)
+            }
+        }
+        if open < settings.maxConnections {
+            return connect()
+        }
+        let promise = eventLoop.makePromise(of: UpstreamConnection.self)
+        waiters.append(promise)
+        return promise.futureResult
+    }
+
+    private func connect() -> EventLoopFuture<UpstreamConnection> {
+        open += 1
+        let pool = NIOLoopBound(self, eventLoop: eventLoop)
+        return ClientBootstrap(group: eventLoop)
+            .connectTimeout(settings.connectTimeout)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = UpstreamHandler()
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+            .connect(to: settings.address)
+            .flatMapErrorThrowing { error in
+                pool.value.open -= 1
+                pool.value.serveNextWaiter()
+                if case ChannelError.connectTimeout = error { throw UpstreamError.connectTimeout }
+                throw UpstreamError.connectFailed("\(error)")
+            }
+            .flatMapThrowing { channel in
+                let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
+                let connection = UpstreamConnection(channel: channel, handler: handler)
+                channel.closeFuture.whenComplete { _ in pool.value.connectionClosed(connection) }
+                return connection
+            }
+    }
+
+    /// Takes a connection back. A connection that is not `reusable` (the
+    /// exchange did not finish cleanly, or either side asked to close) is closed.
+    public func release(_ connection: UpstreamConnection, reusable: Bool) {
+        eventLoop.preconditionInEventLoop()
+        connection.handler.delegate = nil
+        guard reusable, !isShutDown, connection.channel.isActive else {
+            connection.channel.close(promise: nil)
+            return
+        }
+        if let waiter = waiters.first {
+            waiters.removeFirst()
+            connection.isReused = true
+            waiter.succeed(connection)
+            return
+        }
+        connection.idleSince = .now()
+        idle.append(connection)
+    }
+
+    private func connectionClosed(_ connection: UpstreamConnection) {
+        open -= 1
+        if let index = idle.firstIndex(where: { $0 === connection }) { idle.remove(at: index) }
+        serveNextWaiter()
+    }
+
+    private func serveNextWaiter() {
+        guard !waiters.isEmpty, open < settings.maxConnections else { return }
+        let waiter = waiters.removeFirst()
+        connect().cascade(to: waiter)
+    }
+
+    private func closeExpiredIdleConnections() {
+        let cutoff = NIODeadline.now() - settings.poolIdleTimeout
+        for connection in idle where connection.idleSince < cutoff {
+            connection.channel.close(promise: nil)
+        }
+    }
+
+    /// Closes idle connections and refuses new work; busy ones finish their exchange.
+    public func shutdown() {
+        eventLoop.preconditionInEventLoop()
+        isShutDown = true
+        sweeper?.cancel()
+        for connection in idle { connection.channel.close(promise: nil) }
+        for waiter in waiters { waiter.fail(UpstreamError.poolShutDown) }
+        waiters.removeAll()
+    }
+}
+
+/// One HTTP/1.1 connection to the backend.
+public final class UpstreamConnection {
+    let channel: any Channel
+    let handler: UpstreamHandler
+    /// Whether this connection served an earlier request (a stale one may be closed by the backend under us).
+    public internal(set) var isReused = false
+    var idleSince: NIODeadline = .now()
+
+    init(channel: any Channel, handler: UpstreamHandler) {
+        self.channel = channel
+        self.handler = handler
+    }
+}
+
+/// What an exchange on a backend connection reports to.
+protocol UpstreamDelegate: AnyObject {
+    func upstreamRead(_ part: HTTPClientResponsePart)
+    func upstreamReadComplete()
+    func upstreamWritabilityChanged(_ writable: Bool)
+    func upstreamClosed()
+    func upstreamError(_ error: any Error)
+    /// Whether the backend may be read from now (the client can take more).
+    var upstreamMayRead: Bool { get }
+}
+
+/// The last handler on a backend connection: passes response parts to the
+/// current exchange and holds reads while the client cannot keep up.
+final class UpstreamHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    weak var delegate: (any UpstreamDelegate)?
+    private var readHeld = false
+    private(set) var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        delegate?.upstreamRead(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        delegate?.upstreamReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        delegate?.upstreamWritabilityChanged(context.channel.isWritable)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        delegate?.upstreamClosed()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        delegate?.upstreamError(error)
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let delegate, !delegate.upstreamMayRead {
+            readHeld = true
+            return
+        }
+        context.read()
+    }
+
+    /// Reads again after the client caught up.
+    func resumeReading() {
+        guard readHeld, let context else { return }
+        readHeld = false
+        context.read()
+    }
+}
+
+/// Whether a supervised backend has come up. Read on every proxied request
+/// (one atomic load), written by the supervisor.
+public final class BackendReadiness: Sendable {
+    private let ready: Atomic<Bool>
+    /// Whether the gateway waits for a supervisor to say the backend is up.
+    public let isSupervised: Bool
+
+    public init(supervised: Bool) {
+        isSupervised = supervised
+        ready = Atomic(!supervised)
+    }
+
+    /// Whether the backend is accepting connections (always true when not supervised).
+    public var isReady: Bool { ready.load(ordering: .relaxed) }
+
+    /// Set by the supervisor.
+    public func set(_ value: Bool) { ready.store(value, ordering: .relaxed) }
+}

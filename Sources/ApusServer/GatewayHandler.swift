@@ -1,0 +1,520 @@
+import ApusConfig
+import ApusPlugins
+import ApusProxy
+import ApusRouting
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Settings and services shared by every connection; immutable.
+final class GatewayShared: Sendable {
+    let logger: Logger
+    let accessLog: AccessLog
+    let trustedProxies: [CIDR]
+    let threadPool: NIOThreadPool
+    let readiness: BackendReadiness
+    let scheme: String
+
+    init(logger: Logger, accessLog: AccessLog, trustedProxies: [CIDR], threadPool: NIOThreadPool, readiness: BackendReadiness, scheme: String) {
+        self.logger = logger
+        self.accessLog = accessLog
+        self.trustedProxies = trustedProxies
+        self.threadPool = threadPool
+        self.readiness = readiness
+        self.scheme = scheme
+    }
+}
+
+/// The gateway's per-connection handler: takes each request from the HTTP codec
+/// (HTTP/1.1 here; HTTP/2 streams produce the same parts), routes it, and either
+/// calls the native handler or streams it to the backend. One request at a time:
+/// `HTTPServerPipelineHandler` in front of it holds pipelined requests back.
+final class GatewayHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    /// The request in progress. Invariant: `.idle` between requests; exactly one
+    /// response is written per request head.
+    private enum State {
+        /// Between requests.
+        case idle
+        /// Buffering the body for a native handler; then waiting for its answer.
+        case native(NativeCall)
+        /// Streaming to and from the backend.
+        case proxy(ProxyExchange)
+        /// An error response went out early; the rest of the request is dropped and the connection closes.
+        case rejecting
+    }
+
+    private struct NativeCall {
+        let route: NativeRoute
+        let parameters: [(name: String, value: String)]
+        let path: String
+        let query: String
+        var body: ByteBuffer?
+        var invoked: Bool
+    }
+
+    /// What the access log and the response need to know about the current request.
+    private struct RequestInfo {
+        let method: HTTPMethod
+        let uri: String
+        let version: HTTPVersion
+        let requestID: String
+        let started: NIODeadline
+        var keepAlive: Bool
+        var kind: String = "proxy"
+        var status: Int = 0
+        var bytesOut: Int = 0
+        var requestEnded = false
+        var upstreamSeconds: Double?
+    }
+
+    private let loop: LoopState
+    private let shared: GatewayShared
+    private var state = State.idle
+    private var info: RequestInfo?
+    private var context: ChannelHandlerContext?
+    private var client = ClientFacts(peerAddress: "", peerIsTrusted: false, scheme: "http")
+    private var clientDescription = ""
+    /// Counts requests, so a late native answer for an abandoned request is recognised.
+    private var generation = 0
+    private var readingPaused = false
+    private var readPending = false
+
+    init(loop: LoopState, shared: GatewayShared) {
+        self.loop = loop
+        self.shared = shared
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        updateClientFacts(context.channel.remoteAddress)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        abandonRequest()
+        self.context = nil
+    }
+
+    private func updateClientFacts(_ address: SocketAddress?) {
+        var peer = ""
+        var trusted = false
+        if let address, let ip = address.ipAddress {
+            peer = ip
+            if let bytes = CIDR.parseAddress(ip) {
+                trusted = shared.trustedProxies.contains { $0.contains(bytes) }
+            }
+            clientDescription = address.port.map { "\(ip):\($0)" } ?? ip
+        }
+        client = ClientFacts(peerAddress: peer, peerIsTrusted: trusted, scheme: shared.scheme)
+    }
+
+    // MARK: inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): requestHead(head, context: context)
+        case .body(let buffer): requestBody(buffer, context: context)
+        case .end(let trailers): requestEnd(trailers, context: context)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if case .proxy(let exchange) = state { exchange.requestReadComplete() }
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if case .proxy(let exchange) = state { exchange.downstreamWritabilityChanged(context.channel.isWritable) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        abandonRequest()
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read, case .idle = state {
+            // A keep-alive connection that stayed quiet past keepalive_timeout.
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Parser errors were answered with 400 by NIO's HTTPServerProtocolErrorHandler.
+        shared.logger.debug("connection error", metadata: ["error": "\(error)", "client": "\(clientDescription)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: outbound read gating (back-pressure towards the client)
+
+    func read(context: ChannelHandlerContext) {
+        if readingPaused {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func setReading(_ enabled: Bool) {
+        readingPaused = !enabled
+        if enabled, readPending, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
+    // MARK: requests
+
+    private func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        generation += 1
+        let requestID: String
+        if let supplied = head.headers.first(name: "x-request-id"), isValidRequestID(supplied) {
+            requestID = supplied
+        } else {
+            requestID = loop.makeRequestID()
+        }
+        info = RequestInfo(
+            method: head.method, uri: head.uri, version: head.version, requestID: requestID, started: .now(),
+            keepAlive: head.isKeepAlive)
+
+        let uri = head.uri.utf8
+        let queryStart = uri.firstIndex(of: UInt8(ascii: "?"))
+        let rawPath = Substring(head.uri.utf8[..<(queryStart ?? uri.endIndex)])
+        let path: NormalizedPath
+        do {
+            path = try NormalizedPath(rawPath)
+        } catch {
+            if head.method == .OPTIONS && rawPath == "*" {
+                // `OPTIONS *` is about the server as a whole: the backend's to answer.
+                startProxy(head, context: context)
+                return
+            }
+            reject(.badRequest, "bad request target: \(error)", context: context)
+            return
+        }
+
+        let router = loop.router
+        if !router.table.isEmpty, let match = router.table.match(method: head.method.rawValue, path: path) {
+            info?.kind = "native"
+            let limit = match.target.maxBodyBytes
+            if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limit {
+                reject(.payloadTooLarge, "request body is larger than this route's limit of \(limit) bytes", context: context)
+                return
+            }
+            let query = queryStart.map { String(Substring(head.uri.utf8[uri.index(after: $0)...])) } ?? ""
+            state = .native(
+                NativeCall(route: match.target, parameters: match.parameters, path: path.text, query: query, body: nil, invoked: false))
+            sendContinueIfExpected(head, context: context)
+            nativeHeaders = head.headers
+            return
+        }
+        startProxy(head, context: context)
+    }
+
+    private var nativeHeaders = HTTPHeaders()
+
+    private func startProxy(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard shared.readiness.isReady else {
+            reject(.serviceUnavailable, "backend is starting", context: context, retryAfter: true)
+            return
+        }
+        let upstreamHead = makeUpstreamHead(head, requestID: info!.requestID, client: client)
+        let hasBody =
+            head.headers.contains(name: "transfer-encoding")
+            || (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0
+        let exchange = ProxyExchange(pool: loop.pool, head: upstreamHead, requestHasBody: hasBody, downstream: self)
+        state = .proxy(exchange)
+        exchange.start()
+        sendContinueIfExpected(head, context: context)
+    }
+
+    /// The gateway answers `Expect: 100-continue` itself, as nginx does: it is
+    /// about to read the body either way.
+    private func sendContinueIfExpected(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard head.version == .http1_1,
+            head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" })
+        else { return }
+        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+    }
+
+    private func requestBody(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
+        switch state {
+        case .proxy(let exchange):
+            exchange.requestBody(buffer)
+        case .native(var call):
+            var buffer = buffer
+            let total = (call.body?.readableBytes ?? 0) + buffer.readableBytes
+            guard total <= call.route.maxBodyBytes else {
+                state = .idle
+                reject(.payloadTooLarge, "request body is larger than this route's limit of \(call.route.maxBodyBytes) bytes", context: context)
+                return
+            }
+            if call.body == nil {
+                call.body = buffer
+            } else {
+                call.body!.writeBuffer(&buffer)
+            }
+            state = .native(call)
+        case .idle, .rejecting:
+            break
+        }
+    }
+
+    private func requestEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
+        info?.requestEnded = true
+        switch state {
+        case .proxy(let exchange):
+            exchange.requestEnd(trailers)
+        case .native(let call):
+            invokeNative(call, context: context)
+        case .rejecting:
+            // The error response is out; the connection closes once it is written.
+            break
+        case .idle:
+            break
+        }
+    }
+
+    // MARK: native handlers
+
+    private func invokeNative(_ call: NativeCall, context: ChannelHandlerContext) {
+        guard let info else { return }
+        var call = call
+        call.invoked = true
+        state = .native(call)
+        let request = NativeRequest(
+            method: info.method.rawValue, path: call.path, query: call.query, requestID: info.requestID,
+            remoteAddress: clientDescription,
+            headers: nativeHeaders.map { ($0.name.lowercased(), $0.value) },
+            parameters: call.parameters)
+        let generation = self.generation
+        let eventLoop = context.eventLoop
+        let handler = NIOLoopBound(self, eventLoop: eventLoop)
+        let responder = NativeResponder(handlerName: call.route.library.name, logger: shared.logger) { response in
+            if eventLoop.inEventLoop {
+                handler.value.nativeCompleted(response, generation: generation)
+            } else {
+                eventLoop.execute { handler.value.nativeCompleted(response, generation: generation) }
+            }
+        }
+        let library = call.route.library
+        let body = call.body ?? ByteBuffer()
+        switch library.kind {
+        case .inline, .async:
+            body.withUnsafeReadableBytes { library.invoke(request, body: $0, responder: responder) }
+        case .blocking:
+            shared.threadPool.submit { workState in
+                guard workState == .active else {
+                    responder.fail(status: 503, message: "gateway is shutting down")
+                    return
+                }
+                body.withUnsafeReadableBytes { library.invoke(request, body: $0, responder: responder) }
+            }
+        }
+    }
+
+    private func nativeCompleted(_ response: NativeResponse, generation: Int) {
+        guard generation == self.generation, case .native = state, let context, var info else { return }
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(response.headers.count + 4)
+        var status = response.status
+        var body = response.body
+        for (name, value) in response.headers {
+            guard isValidHeaderName(name), isValidHeaderValue(value) else {
+                shared.logger.error(
+                    "native handler returned an invalid header; answering 500",
+                    metadata: ["handler.name": "\(library(of: state)?.name ?? "?")", "header": "\(name)"])
+                status = 500
+                headers = HTTPHeaders()
+                body = Array(#"{"error":"handler returned an invalid header"}"#.utf8)
+                headers.add(name: "content-type", value: "application/json")
+                break
+            }
+            switch name.lowercased() {
+            case "content-length", "transfer-encoding", "connection", "keep-alive", "date": continue
+            default: headers.add(name: name, value: value)
+            }
+        }
+        if !(200...599).contains(status) {
+            shared.logger.error("native handler returned status \(status); answering 500")
+            status = 500
+        }
+        headers.add(name: "content-length", value: String(body.count))
+        headers.add(name: "date", value: loop.dateHeader())
+        headers.add(name: "x-request-id", value: info.requestID)
+        if !info.keepAlive { headers.add(name: "connection", value: "close") }
+        info.status = status
+        let head = HTTPResponseHead(version: info.version, status: HTTPResponseStatus(statusCode: status), headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if info.method != .HEAD && !body.isEmpty {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+            info.bytesOut = body.count
+        }
+        self.info = info
+        finishResponse(context: context, close: !info.keepAlive)
+    }
+
+    private func library(of state: State) -> HandlerLibrary? {
+        if case .native(let call) = state { return call.route.library }
+        return nil
+    }
+
+    // MARK: responses
+
+    /// Writes a small JSON error response and makes the connection close after
+    /// it, unless the request is already complete (then keep-alive holds).
+    private func reject(_ status: HTTPResponseStatus, _ message: String, context: ChannelHandlerContext, retryAfter: Bool = false) {
+        guard var info else { return }
+        let close = !info.requestEnded || !info.keepAlive
+        state = .rejecting
+        writeError(status, message, context: context, close: close, retryAfter: retryAfter, info: &info)
+        self.info = info
+        finishResponse(context: context, close: close)
+    }
+
+    private func writeError(
+        _ status: HTTPResponseStatus, _ message: String, context: ChannelHandlerContext, close: Bool, retryAfter: Bool = false,
+        info: inout RequestInfo
+    ) {
+        var writer = JSONErrorBody()
+        let body = writer.make(message: message, requestID: info.requestID)
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "content-length", value: String(body.readableBytes))
+        headers.add(name: "date", value: loop.dateHeader())
+        headers.add(name: "x-request-id", value: info.requestID)
+        if retryAfter { headers.add(name: "retry-after", value: "1") }
+        if close { headers.add(name: "connection", value: "close") }
+        info.status = Int(status.code)
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: info.version, status: status, headers: headers))), promise: nil)
+        if info.method != .HEAD {
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            info.bytesOut = body.readableBytes
+        }
+    }
+
+    /// Ends the current response, logs it, and closes the connection if asked.
+    private func finishResponse(context: ChannelHandlerContext, close: Bool, trailers: HTTPHeaders? = nil) {
+        let promise: EventLoopPromise<Void>? = close ? context.eventLoop.makePromise() : nil
+        context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: promise)
+        if let promise {
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            promise.futureResult.whenComplete { _ in bound.value.close(promise: nil) }
+        }
+        if let info, shared.accessLog.isEnabled {
+            let elapsed = NIODeadline.now() - info.started
+            shared.accessLog.write(
+                .init(
+                    client: clientDescription, method: info.method.rawValue, path: info.uri,
+                    version: "HTTP/\(info.version.major).\(info.version.minor)", status: info.status,
+                    bytesOut: info.bytesOut, seconds: Double(elapsed.nanoseconds) / 1e9,
+                    upstreamSeconds: info.upstreamSeconds, kind: info.kind, requestID: info.requestID))
+        }
+        // A closing connection drops whatever else the client sends.
+        state = close ? .rejecting : .idle
+        if !close { info = nil }
+        setReading(true)
+    }
+
+    private func abandonRequest() {
+        if case .proxy(let exchange) = state { exchange.cancel() }
+        state = .idle
+        generation += 1
+    }
+}
+
+// MARK: - ProxyDownstream
+
+extension GatewayHandler: ProxyDownstream {
+    func proxyWriteHead(_ head: HTTPResponseHead) {
+        guard let context, var info else { return }
+        if case .proxy(let exchange) = state, let at = exchange.responseHeadAt {
+            info.upstreamSeconds = Double((at - info.started).nanoseconds) / 1e9
+        }
+        info.status = Int(head.status.code)
+        let response = makeDownstreamHead(head, version: info.version, requestID: info.requestID, keepAlive: info.keepAlive)
+        self.info = info
+        context.write(wrapOutboundOut(.head(response)), promise: nil)
+    }
+
+    func proxyWriteBody(_ buffer: ByteBuffer) {
+        guard let context else { return }
+        info?.bytesOut += buffer.readableBytes
+        context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+    }
+
+    func proxyWriteEnd(_ trailers: HTTPHeaders?, requestComplete: Bool) {
+        guard let context, let info else { return }
+        finishResponse(context: context, close: !requestComplete || !info.keepAlive, trailers: trailers)
+    }
+
+    func proxyFlush() {
+        context?.flush()
+    }
+
+    func proxyFailed(_ error: UpstreamError, headWritten: Bool) {
+        guard let context, var info else { return }
+        shared.logger.warning(
+            "backend exchange failed",
+            metadata: [
+                "http.method": "\(info.method.rawValue)", "http.path": "\(info.uri)", "request.id": "\(info.requestID)",
+                "error": "\(error)",
+            ])
+        guard !headWritten else {
+            // Part of the response is out; closing is the only honest signal left.
+            context.close(promise: nil)
+            return
+        }
+        let close = !info.requestEnded || !info.keepAlive
+        state = .rejecting
+        writeError(error.status, error.description, context: context, close: close, info: &info)
+        self.info = info
+        finishResponse(context: context, close: close)
+    }
+
+    func proxySetRequestReading(_ enabled: Bool) {
+        setReading(enabled)
+    }
+
+    var proxyDownstreamWritable: Bool { context?.channel.isWritable ?? false }
+}
+
+/// The small JSON body of gateway-made error responses: `{"error":"…","request_id":"…"}`.
+private struct JSONErrorBody {
+    mutating func make(message: String, requestID: String) -> ByteBuffer {
+        var text = "{\"error\":\""
+        for scalar in message.unicodeScalars {
+            switch scalar {
+            case "\"": text += "\\\""
+            case "\\": text += "\\\\"
+            case _ where scalar.value < 0x20: text += " "
+            default: text.unicodeScalars.append(scalar)
+            }
+        }
+        text += "\",\"request_id\":\"\(requestID)\"}"
+        return ByteBuffer(string: text)
+    }
+}
+
+private func isValidHeaderName(_ name: String) -> Bool {
+    !name.isEmpty
+        && name.utf8.allSatisfy { byte in
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                return true
+            default:
+                return "!#$%&'*+-.^_`|~".utf8.contains(byte)
+            }
+        }
+}
+
+private func isValidHeaderValue(_ value: String) -> Bool {
+    !value.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0x00 }
+}

@@ -1,0 +1,85 @@
+import ApusProxy
+import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Everything one event loop owns: its backend pool, its view of the routes, a
+/// request-id generator and a cached `Date` header. Touched only on its loop,
+/// so none of it needs a lock.
+final class LoopState {
+    let eventLoop: any EventLoop
+    let pool: UpstreamPool
+    var router: Router
+    private var random: SplitMix64
+    private var cachedDate: (second: Int, value: String) = (-1, "")
+
+    init(eventLoop: any EventLoop, pool: UpstreamPool, router: Router) {
+        self.eventLoop = eventLoop
+        self.pool = pool
+        self.router = router
+        var seed = SystemRandomNumberGenerator()
+        random = SplitMix64(seed: seed.next())
+    }
+
+    /// A fresh request id: 32 hex digits from a per-loop generator (no syscall per request).
+    func makeRequestID() -> String {
+        let high = random.next()
+        let low = random.next()
+        let hex = Array("0123456789abcdef".utf8)
+        return String(unsafeUninitializedCapacity: 32) { buffer in
+            for index in 0..<16 {
+                buffer[index] = hex[Int((high >> UInt64(60 - index * 4)) & 0xF)]
+                buffer[16 + index] = hex[Int((low >> UInt64(60 - index * 4)) & 0xF)]
+            }
+            return 32
+        }
+    }
+
+    /// The IMF-fixdate for now, formatted at most once a second.
+    func dateHeader() -> String {
+        var now = time(nil)
+        if now == cachedDate.second { return cachedDate.value }
+        var parts = tm()
+        gmtime_r(&now, &parts)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        let value =
+            "\(days[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(parts.tm_year + 1900) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
+        cachedDate = (now, value)
+        return value
+    }
+}
+
+/// Sebastiano Vigna's SplitMix64: fast, good enough for request ids (not for secrets).
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Whether a client-supplied `X-Request-ID` is safe to keep: 1–128 visible
+/// characters from a conservative set, so it can go into logs and headers as is.
+func isValidRequestID(_ value: String) -> Bool {
+    let utf8 = value.utf8
+    guard !utf8.isEmpty, utf8.count <= 128 else { return false }
+    return utf8.allSatisfy { byte in
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        case UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: ":"), UInt8(ascii: "+"),
+            UInt8(ascii: "/"), UInt8(ascii: "="), UInt8(ascii: "~"):
+            return true
+        default:
+            return false
+        }
+    }
+}

@@ -1,0 +1,248 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Where the supervised backend is expected to accept connections.
+public enum ReadinessProbe: Sendable {
+    case unix(path: String)
+    case tcp(host: String, port: Int)
+}
+
+/// Starts the Python backend from its argv, says when its socket accepts
+/// connections, restarts it with backoff when it dies, forwards its output with
+/// a `[backend]` prefix, and stops it (SIGTERM, then SIGKILL after a deadline)
+/// on graceful shutdown. Runs as a ServiceLifecycle service, listed before the
+/// server so that it stops after the server has drained.
+public final class BackendSupervisor: Service, Sendable {
+    /// What to run and how to watch it.
+    public struct Configuration: Sendable {
+        public var command: [String]
+        public var directory: String
+        public var environment: [String: String]
+        public var probe: ReadinessProbe
+        public var readyTimeout: Double
+        public var stopTimeout: Double
+
+        public init(command: [String], directory: String, environment: [String: String], probe: ReadinessProbe, readyTimeout: Double, stopTimeout: Double) {
+            self.command = command
+            self.directory = directory
+            self.environment = environment
+            self.probe = probe
+            self.readyTimeout = readyTimeout
+            self.stopTimeout = stopTimeout
+        }
+    }
+
+    private let configuration: Configuration
+    private let logger: Logger
+    private let readinessChanged: @Sendable (Bool) -> Void
+
+    /// `readinessChanged` is called with true when the backend accepts connections,
+    /// false when it exits.
+    public init(configuration: Configuration, logger: Logger, readinessChanged: @escaping @Sendable (Bool) -> Void) {
+        self.configuration = configuration
+        self.logger = logger
+        self.readinessChanged = readinessChanged
+    }
+
+    public func run() async throws {
+        var backoff = 0.5
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            let started = ContinuousClock.now
+            let process: Process
+            do {
+                process = try launch()
+            } catch {
+                logger.error("cannot start backend", metadata: ["backend.command": "\(configuration.command)", "error": "\(error)"])
+                if !(await sleepUnlessShuttingDown(seconds: backoff)) { return }
+                backoff = min(backoff * 2, 10)
+                continue
+            }
+            let exit = ExitSignal()
+            process.terminationHandler = { exit.fire($0.terminationStatus) }
+            if !process.isRunning { exit.fire(process.terminationStatus) }
+            logger.info("backend started", metadata: ["backend.pid": "\(process.processIdentifier)"])
+
+            let readiness = Task { [configuration, logger, readinessChanged] in
+                var deadline = ContinuousClock.now + .milliseconds(Int(configuration.readyTimeout * 1000))
+                while !Task.isCancelled {
+                    if canConnect(configuration.probe) {
+                        logger.info("backend is ready")
+                        readinessChanged(true)
+                        return
+                    }
+                    if ContinuousClock.now > deadline {
+                        logger.warning("backend did not accept connections within ready_timeout; still waiting", metadata: ["backend.ready_timeout": "\(configuration.readyTimeout)"])
+                        deadline = .now + .seconds(3600)
+                    }
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+            }
+
+            let status = await withGracefulShutdownHandler {
+                await exit.wait()
+            } onGracefulShutdown: { [configuration, logger] in
+                Self.stop(process, timeout: configuration.stopTimeout, logger: logger)
+            }
+            readiness.cancel()
+            readinessChanged(false)
+            if Task.isShuttingDownGracefully || Task.isCancelled {
+                logger.info("backend stopped", metadata: ["backend.status": "\(status)"])
+                return
+            }
+            // Reset the backoff after a run that lasted; keep growing it for crash loops.
+            if ContinuousClock.now - started > .seconds(30) { backoff = 0.5 }
+            logger.error("backend exited; restarting", metadata: ["backend.status": "\(status)", "backend.restart_in": "\(backoff)s"])
+            if !(await sleepUnlessShuttingDown(seconds: backoff)) { return }
+            backoff = min(backoff * 2, 10)
+        }
+    }
+
+    private func sleepUnlessShuttingDown(seconds: Double) async -> Bool {
+        await cancelWhenGracefulShutdown {
+            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+        }
+        return !Task.isShuttingDownGracefully && !Task.isCancelled
+    }
+
+    private func launch() throws -> Process {
+        if case .unix(let path) = configuration.probe, FileManager.default.fileExists(atPath: path), !canConnect(configuration.probe) {
+            // A socket file left by a backend that died: remove it, or the new one cannot bind.
+            try? FileManager.default.removeItem(atPath: path)
+        }
+        let process = Process()
+        let program = configuration.command[0]
+        process.executableURL = URL(fileURLWithPath: program.contains("/") ? program : (findExecutable(program) ?? program))
+        process.arguments = Array(configuration.command.dropFirst())
+        process.currentDirectoryURL = URL(fileURLWithPath: configuration.directory)
+        process.environment = ProcessInfo.processInfo.environment.merging(configuration.environment) { $1 }
+        process.standardInput = FileHandle.nullDevice
+        let stdout = Pipe()
+        let stderr = Pipe()
+        process.standardOutput = stdout
+        process.standardError = stderr
+        forward(stdout.fileHandleForReading, to: 1)
+        forward(stderr.fileHandleForReading, to: 2)
+        try process.run()
+        return process
+    }
+
+    private func findExecutable(_ name: String) -> String? {
+        let path = (configuration.environment["PATH"] ?? ProcessInfo.processInfo.environment["PATH"]) ?? "/usr/bin:/bin"
+        for directory in path.split(separator: ":") {
+            let candidate = directory.hasPrefix("/") ? "\(directory)/\(name)" : "\(configuration.directory)/\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// Copies the backend's output, line by line with a prefix, on a thread of its own.
+    private func forward(_ handle: FileHandle, to descriptor: Int32) {
+        let thread = Thread {
+            var pending = Data()
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                pending.append(chunk)
+                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    var line = Data("[backend] ".utf8)
+                    line.append(pending[pending.startIndex...newline])
+                    line.withUnsafeBytes { _ = write(descriptor, $0.baseAddress, $0.count) }
+                    pending.removeSubrange(pending.startIndex...newline)
+                }
+            }
+            if !pending.isEmpty {
+                var line = Data("[backend] ".utf8)
+                line.append(pending)
+                line.append(UInt8(ascii: "\n"))
+                line.withUnsafeBytes { _ = write(descriptor, $0.baseAddress, $0.count) }
+            }
+        }
+        thread.start()
+    }
+
+    /// SIGTERM, then SIGKILL if the process outlives `timeout`.
+    private static func stop(_ process: Process, timeout: Double, logger: Logger) {
+        guard process.isRunning else { return }
+        let pid = process.processIdentifier
+        logger.info("stopping backend", metadata: ["backend.pid": "\(pid)"])
+        kill(pid, SIGTERM)
+        Thread.detachNewThread {
+            let deadline = Date().addingTimeInterval(timeout)
+            while process.isRunning && Date() < deadline { usleep(50_000) }
+            if process.isRunning {
+                logger.warning("backend ignored SIGTERM; sending SIGKILL", metadata: ["backend.pid": "\(pid)"])
+                kill(pid, SIGKILL)
+            }
+        }
+    }
+}
+
+/// A one-shot signal carrying the exit status, awaited once.
+private final class ExitSignal: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var status: Int32?
+    private var waiter: CheckedContinuation<Int32, Never>?
+
+    func fire(_ value: Int32) {
+        lock.lock()
+        guard status == nil else {
+            lock.unlock()
+            return
+        }
+        status = value
+        let waiter = self.waiter
+        self.waiter = nil
+        lock.unlock()
+        waiter?.resume(returning: value)
+    }
+
+    func wait() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            lock.lock()
+            if let status {
+                lock.unlock()
+                continuation.resume(returning: status)
+            } else {
+                waiter = continuation
+                lock.unlock()
+            }
+        }
+    }
+}
+
+/// Whether something accepts connections at the probe address (a quick local connect).
+public func canConnect(_ probe: ReadinessProbe) -> Bool {
+    switch probe {
+    case .unix(let path):
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return result == 0
+    case .tcp(let host, let port):
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var results: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &results) == 0, let first = results else { return false }
+        defer { freeaddrinfo(results) }
+        let fd = socket(first.pointee.ai_family, first.pointee.ai_socktype, first.pointee.ai_protocol)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return connect(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0
+    }
+}

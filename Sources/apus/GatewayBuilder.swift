@@ -1,0 +1,83 @@
+import ApusCompiler
+import ApusConfig
+import ApusPlugins
+import ApusRouting
+import ApusServer
+import Logging
+
+/// Turns a config into a ready route snapshot: checks every route pattern,
+/// compiles (or takes from the cache) every handler the routes use, loads and
+/// ABI-checks the libraries, and builds the route table.
+struct GatewayBuilder {
+    let config: GatewayConfig
+    let logger: Logger
+
+    /// A handler as built and loaded, for listings.
+    struct LoadedHandler {
+        let compiled: CompiledHandler
+        let library: HandlerLibrary
+    }
+
+    /// Everything `check` prints and `serve` runs.
+    struct Result {
+        let router: Router
+        let handlers: [String: LoadedHandler]
+    }
+
+    func build() async throws -> Result {
+        // Patterns first: a typo should not wait for a compile.
+        var patterns: [RoutePattern] = []
+        for (index, route) in config.routes.enumerated() {
+            do {
+                patterns.append(try RoutePattern(route.match))
+            } catch {
+                throw ConfigError(file: config.file, line: route.line, key: "route[\(index)].match", message: error.description)
+            }
+        }
+        let used = Set(config.routes.map(\.handler))
+        for name in config.handlers.sources.keys.sorted() where !used.contains(name) {
+            logger.notice("handler has no route; not compiled", metadata: ["handler.name": "\(name)"])
+        }
+
+        var handlers: [String: LoadedHandler] = [:]
+        if !used.isEmpty {
+            let sdk = try HandlerSDK.locate()
+            let compiler = HandlerCompiler(
+                configuration: .init(
+                    cacheDirectory: config.handlers.cacheDirectory, optimize: config.handlers.optimize, swiftc: config.handlers.swiftc),
+                sdk: sdk, logger: logger)
+            let sources = config.handlers.sources
+            let compiled = try await withThrowingTaskGroup(of: CompiledHandler.self) { group in
+                for name in used.sorted() {
+                    group.addTask { try await compiler.compile(name: name, source: sources[name]!) }
+                }
+                var all: [CompiledHandler] = []
+                for try await handler in group { all.append(handler) }
+                return all
+            }
+            for handler in compiled {
+                let library = try HandlerLibrary.load(path: handler.libraryPath, name: handler.name)
+                handlers[handler.name] = LoadedHandler(compiled: handler, library: library)
+                logger.info(
+                    "handler loaded",
+                    metadata: [
+                        "handler.name": "\(handler.name)", "handler.kind": "\(library.kind.rawValue)",
+                        "handler.cached": "\(handler.fromCache)", "handler.hash": "\(handler.hash)",
+                    ])
+            }
+        }
+
+        var entries: [(pattern: RoutePattern, target: NativeRoute)] = []
+        for (route, pattern) in zip(config.routes, patterns) {
+            entries.append((pattern, NativeRoute(library: handlers[route.handler]!.library, maxBodyBytes: route.maxBodyBytes)))
+        }
+        let table: RouteTable<NativeRoute>
+        do {
+            table = try RouteTable(entries)
+        } catch {
+            let line = config.routes.first { $0.match == error.second.description }?.line
+            throw ConfigError(file: config.file, line: line, key: "route.match", message: error.description)
+        }
+        return Result(router: Router(table: table), handlers: handlers)
+    }
+}

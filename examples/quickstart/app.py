@@ -1,0 +1,110 @@
+"""The quickstart's Python service: an ordinary Starlette (ASGI) app.
+
+Apus sits in front of it. `GET /orderbook/{symbol}` is served natively by
+handlers/orderbook.swift; every other route reaches this app over a Unix socket.
+`/py/orderbook/{symbol}` is the same endpoint in Python, for comparison: both
+produce byte-identical bodies.
+"""
+
+import asyncio
+import hashlib
+import json
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import orderbook
+
+
+async def index(request: Request) -> Response:
+    return PlainTextResponse("Hello from Python behind Apus\n")
+
+
+async def hello(request: Request) -> Response:
+    return JSONResponse({"hello": request.path_params["name"], "from": "python"})
+
+
+async def py_orderbook(request: Request) -> Response:
+    symbol = request.path_params["symbol"]
+    try:
+        count = int(request.query_params.get("n", "200"))
+        body = orderbook.render(symbol, count)
+    except ValueError as error:
+        return JSONResponse({"error": str(error)}, status_code=422)
+    return Response(body, media_type="application/json")
+
+
+async def headers(request: Request) -> Response:
+    """Echoes what the backend received, so forwarding headers can be checked."""
+    return JSONResponse({
+        "headers": {k.decode(): v.decode() for k, v in request.scope["headers"]},
+        "path": request.scope["path"],
+        "raw_path": request.scope.get("raw_path", b"").decode(),
+        "query": request.scope["query_string"].decode(),
+        "client": request.client.host if request.client else None,
+    })
+
+
+async def upload(request: Request) -> Response:
+    """Streams the request body in, hashing as it goes."""
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in request.stream():
+        digest.update(chunk)
+        size += len(chunk)
+    return JSONResponse({"bytes": size, "sha256": digest.hexdigest()})
+
+
+def pattern_block(index: int, size: int) -> bytes:
+    seed = hashlib.sha256(str(index).encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+async def download(request: Request) -> Response:
+    """Streams `size` deterministic bytes in 64 KiB chunks (chunked encoding)."""
+    size = int(request.query_params.get("size", "1048576"))
+    block = 65536
+
+    async def chunks():
+        sent = 0
+        index = 0
+        while sent < size:
+            part = pattern_block(index, min(block, size - sent))
+            sent += len(part)
+            index += 1
+            yield part
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
+async def sse(request: Request) -> Response:
+    """Server-sent events, one every `interval` seconds."""
+    count = int(request.query_params.get("n", "5"))
+    interval = float(request.query_params.get("interval", "0.3"))
+
+    async def events():
+        for number in range(count):
+            yield f"id: {number}\ndata: {json.dumps({'n': number})}\n\n"
+            await asyncio.sleep(interval)
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def slow(request: Request) -> Response:
+    await asyncio.sleep(float(request.query_params.get("seconds", "2")))
+    return JSONResponse({"slept": True})
+
+
+app = Starlette(routes=[
+    Route("/", index),
+    Route("/hello/{name}", hello),
+    Route("/py/orderbook/{symbol}", py_orderbook),
+    Route("/orderbook/{symbol}", py_orderbook),
+    Route("/headers", headers, methods=["GET", "POST"]),
+    Route("/upload", upload, methods=["POST", "PUT"]),
+    Route("/download", download),
+    Route("/sse", sse),
+    Route("/slow", slow),
+])
