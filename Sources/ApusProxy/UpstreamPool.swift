@@ -134,6 +134,7 @@ public final class UpstreamPool {
             .flatMapThrowing { channel in
                 let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
                 let connection = UpstreamConnection(channel: channel, handler: handler)
+                pool.value.logger.debug("backend connection opened", metadata: ["upstream.open": "\(pool.value.open)"])
                 channel.closeFuture.whenComplete { _ in pool.value.connectionClosed(connection) }
                 return connection
             }

@@ -401,13 +401,11 @@ final class GatewayHandler: ChannelDuplexHandler {
     }
 
     /// Ends the current response, logs it, and closes the connection if asked.
+    ///
+    /// State is reset before `.end` is written: writing it lets
+    /// `HTTPServerPipelineHandler` deliver the next pipelined request at once,
+    /// re-entrantly, and that request must find the handler idle.
     private func finishResponse(context: ChannelHandlerContext, close: Bool, trailers: HTTPHeaders? = nil) {
-        let promise: EventLoopPromise<Void>? = close ? context.eventLoop.makePromise() : nil
-        context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: promise)
-        if let promise {
-            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            promise.futureResult.whenComplete { _ in bound.value.close(promise: nil) }
-        }
         if let info, shared.accessLog.isEnabled {
             let elapsed = NIODeadline.now() - info.started
             shared.accessLog.write(
@@ -419,8 +417,14 @@ final class GatewayHandler: ChannelDuplexHandler {
         }
         // A closing connection drops whatever else the client sends.
         state = close ? .rejecting : .idle
-        if !close { info = nil }
+        info = nil
         setReading(true)
+        if close {
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in bound.value.close(promise: nil) }
+        } else {
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+        }
     }
 
     private func abandonRequest() {

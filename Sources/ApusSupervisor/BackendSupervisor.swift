@@ -57,7 +57,7 @@ public final class BackendSupervisor: Service, Sendable {
             do {
                 process = try launch()
             } catch {
-                logger.error("cannot start backend", metadata: ["backend.command": "\(configuration.command)", "error": "\(error)"])
+                logger.error("cannot start backend: \(error)", metadata: ["backend.command": "\(configuration.command.joined(separator: " "))"])
                 if !(await sleepUnlessShuttingDown(seconds: backoff)) { return }
                 backoff = min(backoff * 2, 10)
                 continue
@@ -116,7 +116,11 @@ public final class BackendSupervisor: Service, Sendable {
         }
         let process = Process()
         let program = configuration.command[0]
-        process.executableURL = URL(fileURLWithPath: program.contains("/") ? program : (findExecutable(program) ?? program))
+        let executable = program.contains("/") ? (program.hasPrefix("/") ? program : "\(configuration.directory)/\(program)") : findExecutable(program)
+        guard let executable, FileManager.default.isExecutableFile(atPath: executable) else {
+            throw SupervisorError(description: "backend program \"\(program)\" not found (not on PATH, or not executable); activate the project's virtualenv or give a full path in [backend] command")
+        }
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = Array(configuration.command.dropFirst())
         process.currentDirectoryURL = URL(fileURLWithPath: configuration.directory)
         process.environment = ProcessInfo.processInfo.environment.merging(configuration.environment) { $1 }
@@ -245,4 +249,9 @@ public func canConnect(_ probe: ReadinessProbe) -> Bool {
         defer { close(fd) }
         return connect(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0
     }
+}
+
+/// Why the backend could not be started.
+public struct SupervisorError: Error, CustomStringConvertible, Sendable {
+    public let description: String
 }

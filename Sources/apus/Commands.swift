@@ -14,7 +14,7 @@ import ServiceLifecycle
 /// Prints a user-facing error and exits non-zero. Every expected failure (config,
 /// compile, load, bind) ends here with its own message, never a stack trace.
 func fail(_ error: any Error) -> ExitCode {
-    let message = (error as? any CustomStringConvertible)?.description ?? "\(error)"
+    let message = String(describing: error)
     FileHandle.standardError.write(Data("apus: error: \(message)\n".utf8))
     return ExitCode(error is ConfigError ? 2 : 1)
 }

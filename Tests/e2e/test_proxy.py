@@ -1,0 +1,231 @@
+"""Proxying to real uvicorn and gunicorn over a Unix socket."""
+
+import hashlib
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import Backend
+
+
+def pattern_block(index: int, size: int) -> bytes:
+    seed = hashlib.sha256(str(index).encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_proxied_get_and_post(gateway):
+    assert httpx.get(f"{gateway.url}/").text == "Hello from Python behind Apus\n"
+    assert httpx.get(f"{gateway.url}/hello/world").json() == {"hello": "world", "from": "python"}
+    assert httpx.get(f"{gateway.url}/__missing__").status_code == 404
+    posted = httpx.post(f"{gateway.url}/upload", content=b"abc")
+    assert posted.json() == {"bytes": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}
+
+
+def test_forwarding_headers_and_request_id(gateway):
+    seen = httpx.get(f"{gateway.url}/headers", headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "evil"}).json()
+    headers = seen["headers"]
+    # The client is not a trusted proxy: its X-Forwarded-* are replaced, not kept.
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == f"127.0.0.1:{gateway.port}"
+    assert len(headers["x-request-id"]) == 32
+    kept = httpx.get(f"{gateway.url}/headers", headers={"X-Request-ID": "abc-123"})
+    assert kept.json()["headers"]["x-request-id"] == "abc-123"
+    assert kept.headers["x-request-id"] == "abc-123"
+    replaced = httpx.get(f"{gateway.url}/headers", headers={"X-Request-ID": "bad id with spaces"})
+    assert replaced.headers["x-request-id"] != "bad id with spaces"
+    assert replaced.json()["headers"]["x-request-id"] == replaced.headers["x-request-id"]
+
+
+def test_trusted_proxy_keeps_and_appends_forwarded_for(gateway_factory, uvicorn_backend):
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", server_extra='trusted_proxies = ["127.0.0.0/8"]')
+    headers = httpx.get(f"{gateway.url}/headers",
+                        headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}).json()["headers"]
+    assert headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert headers["x-forwarded-proto"] == "https"
+
+
+def test_hop_by_hop_headers_are_removed(gateway):
+    raw = (f"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n"
+           f"Keep-Alive: timeout=5\r\nTE: trailers\r\nX-Kept: 2\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(raw)
+        data = b""
+        while b"}" not in data.split(b"\r\n\r\n", 1)[-1]:
+            data += sock.recv(65536)
+    body = data.split(b"\r\n\r\n", 1)[1]
+    import json
+    headers = json.loads(body)["headers"]
+    assert "x-secret" not in headers and "keep-alive" not in headers and "te" not in headers
+    assert headers["x-kept"] == "2"
+
+
+def test_pipelined_requests_are_answered_in_order(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET /hello/one HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /orderbook/ACME?n=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /hello/three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    one, two, three = data.index(b'"one"'), data.index(b'"ACME"'), data.index(b'"three"')
+    assert one < two < three
+    assert data.count(b"HTTP/1.1 200 OK") == 3
+
+
+def test_malformed_request_gets_400_and_the_connection_closes(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400")
+    assert httpx.get(f"{gateway.url}/").status_code == 200
+
+
+def test_streamed_upload_of_256_mib_with_checksum_and_bounded_memory(gateway):
+    size = 256 * 1024 * 1024
+    digest = hashlib.sha256()
+    peak = [0]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kib(gateway.proc.pid))
+            time.sleep(0.05)
+
+    def body():
+        block = os.urandom(1024 * 1024)
+        for _ in range(size // len(block)):
+            digest.update(block)
+            yield block
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        response = httpx.post(f"{gateway.url}/upload", content=body(), timeout=120)
+    finally:
+        done.set()
+        watcher.join()
+    assert response.status_code == 200
+    assert response.json() == {"bytes": size, "sha256": digest.hexdigest()}
+    assert peak[0] < 96 * 1024, f"gateway RSS peaked at {peak[0]} KiB during a 256 MiB upload"
+
+
+def test_streamed_download_of_256_mib_with_checksum_and_bounded_memory(gateway):
+    size = 256 * 1024 * 1024
+    expected = hashlib.sha256()
+    index = 0
+    remaining = size
+    while remaining:
+        part = pattern_block(index, min(65536, remaining))
+        expected.update(part)
+        remaining -= len(part)
+        index += 1
+    received = hashlib.sha256()
+    total = 0
+    peak = 0
+    with httpx.stream("GET", f"{gateway.url}/download?size={size}", timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers.get("transfer-encoding") == "chunked"
+        for chunk in response.iter_raw():
+            received.update(chunk)
+            total += len(chunk)
+            if total % (16 * 1024 * 1024) < len(chunk):
+                peak = max(peak, rss_kib(gateway.proc.pid))
+    assert total == size
+    assert received.hexdigest() == expected.hexdigest()
+    assert peak < 96 * 1024, f"gateway RSS peaked at {peak} KiB during a 256 MiB download"
+
+
+def test_slow_reader_gets_backpressure_not_buffering(gateway):
+    # Read 64 MiB slowly at first: the gateway must not buffer the backend's output in memory.
+    size = 64 * 1024 * 1024
+    with httpx.stream("GET", f"{gateway.url}/download?size={size}", timeout=60) as response:
+        chunks = response.iter_raw()
+        next(chunks)
+        time.sleep(2)  # the backend keeps producing; the gateway must stop reading it
+        assert rss_kib(gateway.proc.pid) < 64 * 1024
+        total = sum(len(chunk) for chunk in chunks)
+    assert total > 0
+
+
+def test_server_sent_events_arrive_one_by_one(gateway):
+    arrivals = []
+    with httpx.stream("GET", f"{gateway.url}/sse?n=4&interval=0.4", timeout=20) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                arrivals.append(time.monotonic())
+    assert len(arrivals) == 4
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert all(gap > 0.25 for gap in gaps), f"events were buffered: gaps {gaps}"
+
+
+def test_backend_down_gives_502_and_recovers_when_it_returns(gateway, uvicorn_backend):
+    assert httpx.get(f"{gateway.url}/").status_code == 200
+    uvicorn_backend.stop()
+    down = httpx.get(f"{gateway.url}/")
+    assert down.status_code == 502
+    assert down.json()["error"].startswith("backend")
+    assert httpx.get(f"{gateway.url}/orderbook/ACME").status_code == 200
+    uvicorn_backend.start()
+    assert httpx.get(f"{gateway.url}/").status_code == 200
+    assert "backend exchange failed" in gateway.log()
+
+
+def test_backend_timeout_gives_504(gateway_factory, uvicorn_backend):
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", backend_extra="response_timeout = 0.5")
+    response = httpx.get(f"{gateway.url}/slow?seconds=3", timeout=10)
+    assert response.status_code == 504
+    assert "did not answer in time" in response.json()["error"]
+    assert httpx.get(f"{gateway.url}/slow?seconds=0.1").status_code == 200
+
+
+def test_keepalive_reuses_backend_connections(gateway_factory, uvicorn_backend):
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", args=["--log-level", "debug"])
+    with httpx.Client() as client:
+        for _ in range(200):
+            assert client.get(f"{gateway.url}/hello/x").status_code == 200
+    opened = gateway.log().count("backend connection opened")
+    # Sequential requests on one client connection need one backend connection; a churning pool opens ~200.
+    assert 1 <= opened <= 2, f"{opened} backend connections for 200 sequential requests"
+
+
+@pytest.fixture
+def gunicorn_backend(tmp_path, processes) -> Backend:
+    backend = Backend("gunicorn", str(tmp_path / "wsgi.sock"), tmp_path / "gunicorn.log").start()
+    processes.append(backend)
+    return backend
+
+
+def test_gunicorn_wsgi_backend(gateway_factory, gunicorn_backend):
+    gateway = gateway_factory(f"unix:{gunicorn_backend.socket_path}")
+    assert httpx.get(f"{gateway.url}/").text == "hello from gunicorn\n"
+    payload = os.urandom(8 * 1024 * 1024)
+    response = httpx.post(f"{gateway.url}/upload", content=payload, timeout=60)
+    assert response.json() == {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "server": "gunicorn"}
+    chunked = httpx.post(f"{gateway.url}/upload", content=iter([payload[:1000], payload[1000:5000]]), timeout=60)
+    assert chunked.json()["bytes"] == 5000
+    headers = httpx.get(f"{gateway.url}/headers").json()["headers"]
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert httpx.get(f"{gateway.url}/orderbook/ACME").status_code == 200
