@@ -95,7 +95,7 @@ let package = Package(
         .testTarget(
             name: "ApusTests",
             dependencies: [
-                "ApusConfig", "ApusRouting", "ApusCompiler", "ApusPlugins", "ApusProxy", "ApusServer",
+                "ApusSDK", "ApusConfig", "ApusRouting", "ApusCompiler", "ApusPlugins", "ApusProxy", "ApusServer",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

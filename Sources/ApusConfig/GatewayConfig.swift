@@ -196,6 +196,14 @@ public struct CIDR: Sendable, Equatable, CustomStringConvertible {
             }
             return bytes
         }
+        var text = text
+        // An embedded IPv4 tail (`::ffff:10.1.2.3`) becomes two hex groups.
+        if let lastColon = text.lastIndex(of: ":"), text[lastColon...].contains("."),
+            let v4 = parseAddress(String(text[text.index(after: lastColon)...])), v4.count == 4
+        {
+            text = text[...lastColon] + String(UInt16(v4[0]) << 8 | UInt16(v4[1]), radix: 16) + ":"
+                + String(UInt16(v4[2]) << 8 | UInt16(v4[3]), radix: 16)
+        }
         let halves = text.components(separatedBy: "::")
         guard halves.count <= 2 else { return nil }
         func groups(_ part: String) -> [UInt16]? {

@@ -1,0 +1,61 @@
+import ApusProxy
+import NIOHTTP1
+import Testing
+
+@Suite("Forwarding headers")
+struct ForwardingTests {
+    func head(_ headers: [(String, String)]) -> HTTPRequestHead {
+        HTTPRequestHead(version: .http1_1, method: .POST, uri: "/x?y", headers: HTTPHeaders(headers))
+    }
+
+    @Test func hopByHopAndConnectionNamedFieldsAreRemoved() {
+        let upstream = makeUpstreamHead(
+            head([("Host", "h"), ("Connection", "keep-alive, X-Private"), ("X-Private", "1"), ("Keep-Alive", "5"),
+                ("TE", "trailers"), ("Upgrade", "h2c"), ("Proxy-Connection", "x"), ("X-Public", "2"), ("Expect", "100-continue")]),
+            requestID: "r1", client: ClientFacts(peerAddress: "10.0.0.1", peerIsTrusted: false, scheme: "http"))
+        let names = Set(upstream.headers.map { $0.name.lowercased() })
+        #expect(names.isDisjoint(with: ["connection", "x-private", "keep-alive", "te", "upgrade", "proxy-connection", "expect"]))
+        #expect(upstream.headers["x-public"] == ["2"])
+        #expect(upstream.uri == "/x?y")
+        #expect(upstream.version == .http1_1)
+    }
+
+    @Test func untrustedPeersCannotForgeForwardedHeaders() {
+        let upstream = makeUpstreamHead(
+            head([("Host", "api.example"), ("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil")]),
+            requestID: "r1", client: ClientFacts(peerAddress: "10.0.0.1", peerIsTrusted: false, scheme: "http"))
+        #expect(upstream.headers["x-forwarded-for"] == ["10.0.0.1"])
+        #expect(upstream.headers["x-forwarded-proto"] == ["http"])
+        #expect(upstream.headers["x-forwarded-host"] == ["api.example"])
+        #expect(upstream.headers["x-request-id"] == ["r1"])
+    }
+
+    @Test func trustedPeersAreAppendedTo() {
+        let upstream = makeUpstreamHead(
+            head([("Host", "h"), ("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-For", "5.6.7.8"), ("X-Forwarded-Proto", "https")]),
+            requestID: "r1", client: ClientFacts(peerAddress: "10.0.0.1", peerIsTrusted: true, scheme: "http"))
+        #expect(upstream.headers["x-forwarded-for"] == ["1.2.3.4, 5.6.7.8, 10.0.0.1"])
+        #expect(upstream.headers["x-forwarded-proto"] == ["https"])
+    }
+
+    @Test func chunkedRequestsStayChunkedAndLengthIsKept() {
+        let chunked = makeUpstreamHead(
+            head([("Transfer-Encoding", "chunked"), ("Content-Length", "5")]), requestID: "r",
+            client: ClientFacts(peerAddress: "", peerIsTrusted: false, scheme: "http"))
+        #expect(chunked.headers["transfer-encoding"] == ["chunked"])
+        #expect(chunked.headers["content-length"].isEmpty)
+        let sized = makeUpstreamHead(
+            head([("Content-Length", "5")]), requestID: "r", client: ClientFacts(peerAddress: "", peerIsTrusted: false, scheme: "http"))
+        #expect(sized.headers["content-length"] == ["5"])
+    }
+
+    @Test func responseHeadsLoseHopByHopAndGainTheRequestID() {
+        let response = HTTPResponseHead(
+            version: .http1_1, status: .ok,
+            headers: HTTPHeaders([("Connection", "close, X-Internal"), ("X-Internal", "1"), ("Transfer-Encoding", "chunked"), ("Content-Type", "a/b")]))
+        let out = makeDownstreamHead(response, version: .http1_1, requestID: "rid", keepAlive: true)
+        #expect(out.headers["x-internal"].isEmpty && out.headers["transfer-encoding"].isEmpty && out.headers["connection"].isEmpty)
+        #expect(out.headers["x-request-id"] == ["rid"])
+        #expect(out.headers["content-type"] == ["a/b"])
+    }
+}

@@ -1,0 +1,49 @@
+import Testing
+
+@testable import ApusSDK
+
+@Suite("SDK JSON writer")
+struct JSONWriterTests {
+    func text(_ value: JSON) -> String {
+        var writer = JSONWriter()
+        writer.element(value)
+        return String(decoding: writer.bytes, as: UTF8.self)
+    }
+
+    @Test func writesCompactJSONLikePython() {
+        #expect(text(["a": 1, "b": [true, false, nil], "c": "x"]) == #"{"a":1,"b":[true,false,null],"c":"x"}"#)
+        #expect(text([]) == "[]")
+        #expect(text([:]) == "{}")
+        #expect(text(.int(-1234567890123)) == "-1234567890123")
+        #expect(text(.int(Int.min)) == "-9223372036854775808")
+        #expect(text(0.1) == "0.1")
+        #expect(text(129.76) == "129.76")
+        #expect(text(100.0) == "100.0")
+        #expect(text(.double(.nan)) == "null")
+    }
+
+    @Test func escapesStrings() {
+        #expect(text("q\"b\\n\n\t\u{01}é") == #""q\"b\\n\n\t\u0001é""#)
+    }
+
+    @Test func streamingWriterNestsWithCommas() {
+        var writer = JSONWriter()
+        writer.object { o in
+            o.field("n", 1)
+            o.field("list", array: { a in
+                a.element("x")
+                a.object { $0.field("k", Optional<Int>.none) }
+            })
+            o.field("z", 2.5)
+        }
+        #expect(String(decoding: writer.bytes, as: UTF8.self) == #"{"n":1,"list":["x",{"k":null}],"z":2.5}"#)
+    }
+
+    @Test func queryParametersDecode() {
+        let request = Request(method: "GET", path: "/", query: "a=1&b=hello+world&c=%E2%9C%93&d")
+        #expect(request.queryParameter("b") == "hello world")
+        #expect(request.queryParameter("c") == "✓")
+        #expect(request.queryParameter("d") == "")
+        #expect(request.queryParameter("e") == nil)
+    }
+}

@@ -1,0 +1,98 @@
+import Testing
+
+@testable import ApusRouting
+
+@Suite("Route patterns")
+struct RoutePatternTests {
+    @Test func parsesMethodLiteralsParametersAndCatchAll() throws {
+        let pattern = try RoutePattern("GET /files/{bucket}/{path...}")
+        #expect(pattern.method == "GET")
+        #expect(pattern.segments == [.literal("files"), .parameter("bucket"), .catchAll("path")])
+        #expect(try RoutePattern("ANY /").method == nil)
+        #expect(try RoutePattern("* /x").method == nil)
+    }
+
+    @Test(arguments: [
+        "GET", "get /x", "GET x", "GET /a//b", "GET /a/", "GET /{a", "GET /{}", "GET /{a...}/b", "GET /a{b}",
+        "GET /{a}/{a}", "GET /%2F", "GET /..", "GET /{a-b}",
+    ])
+    func rejectsMalformedPatterns(_ text: String) {
+        #expect(throws: RoutePatternError.self) { try RoutePattern(text) }
+    }
+}
+
+@Suite("Path normalisation")
+struct NormalizedPathTests {
+    func normalize(_ path: String) throws -> NormalizedPath { try NormalizedPath(Substring(path)) }
+
+    @Test func decodesPercentEscapesAndResolvesDots() throws {
+        #expect(try normalize("/%71uote/AC%20ME").segments == ["quote", "AC ME"])
+        #expect(try normalize("/a/./b/../c").segments == ["a", "c"])
+        #expect(try normalize("//a///b").segments == ["a", "b"])
+        #expect(try normalize("/a/%2e%2e/b").segments == ["b"])
+        #expect(try normalize("/").segments == [])
+        #expect(try normalize("/a/b/").hasTrailingSlash)
+        #expect(try normalize("http://example.com/x/y").segments == ["x", "y"])
+    }
+
+    @Test(arguments: [
+        ("/a%2Fb", PathError.forbiddenByte), ("/a%2fb", .forbiddenByte), ("/a%00", .forbiddenByte),
+        ("/a%zz", .badEscape), ("/a%4", .badEscape), ("/..", .aboveRoot), ("/a/../..", .aboveRoot), ("a/b", .notOriginForm),
+        ("*", .notOriginForm),
+    ])
+    func refusesAmbiguousPaths(_ path: String, _ expected: PathError) {
+        #expect(throws: expected) { try NormalizedPath(Substring(path)) }
+    }
+}
+
+@Suite("Route table")
+struct RouteTableTests {
+    func table(_ patterns: [String]) throws -> RouteTable<String> {
+        try RouteTable(patterns.map { (try RoutePattern($0), $0) })
+    }
+
+    func match(_ table: RouteTable<String>, _ method: String, _ path: String) throws -> RouteTable<String>.Match? {
+        table.match(method: method, path: try NormalizedPath(Substring(path)))
+    }
+
+    @Test func literalBeatsParameterBeatsCatchAll() throws {
+        let routes = try table(["GET /a/b", "GET /a/{x}", "GET /a/{rest...}"])
+        #expect(try match(routes, "GET", "/a/b")?.target == "GET /a/b")
+        #expect(try match(routes, "GET", "/a/c")?.target == "GET /a/{x}")
+        #expect(try match(routes, "GET", "/a/c")?.parameters.first?.value == "c")
+        #expect(try match(routes, "GET", "/a/c/d")?.target == "GET /a/{rest...}")
+        #expect(try match(routes, "GET", "/a/c/d")?.parameters.first?.value == "c/d")
+        #expect(try match(routes, "GET", "/a")?.target == "GET /a/{rest...}")
+    }
+
+    @Test func backtracksFromALiteralDeadEnd() throws {
+        let routes = try table(["GET /a/b/c", "GET /a/{x}/d"])
+        let found = try match(routes, "GET", "/a/b/d")
+        #expect(found?.target == "GET /a/{x}/d")
+        #expect(found?.parameters.map(\.value) == ["b"])
+    }
+
+    @Test func methodsAndHead() throws {
+        let routes = try table(["GET /q/{s}", "POST /q/{s}", "ANY /any"])
+        #expect(try match(routes, "HEAD", "/q/x")?.target == "GET /q/{s}")
+        #expect(try match(routes, "POST", "/q/x")?.target == "POST /q/{s}")
+        #expect(try match(routes, "DELETE", "/q/x") == nil)
+        #expect(try match(routes, "PATCH", "/any")?.target == "ANY /any")
+    }
+
+    @Test func decodedPathsMatchAndTrailingSlashDoesNot() throws {
+        let routes = try table(["GET /quote/{symbol}"])
+        #expect(try match(routes, "GET", "/%71uote/AC%4DE")?.parameters.first?.value == "ACME")
+        #expect(try match(routes, "GET", "/x/../quote/ACME") != nil)
+        #expect(try match(routes, "GET", "/quote/ACME/") == nil)
+        #expect(try match(routes, "GET", "/quote") == nil)
+        #expect(try match(routes, "GET", "/quote/A/B") == nil)
+    }
+
+    @Test func conflictingRoutesAreRefused() throws {
+        #expect(throws: RouteConflictError.self) { try table(["GET /a/{x}", "GET /a/{y}"]) }
+        #expect(throws: RouteConflictError.self) { try table(["GET /a", "GET /a"]) }
+        #expect(throws: RouteConflictError.self) { try table(["ANY /a", "ANY /a"]) }
+        _ = try table(["GET /a", "POST /a", "ANY /a"])
+    }
+}
