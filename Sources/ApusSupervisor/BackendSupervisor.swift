@@ -118,7 +118,7 @@ public final class BackendSupervisor: Service, Sendable {
         let program = configuration.command[0]
         let executable = program.contains("/") ? (program.hasPrefix("/") ? program : "\(configuration.directory)/\(program)") : findExecutable(program)
         guard let executable, FileManager.default.isExecutableFile(atPath: executable) else {
-            throw SupervisorError(description: "backend program \"\(program)\" not found (not on PATH, or not executable); activate the project's virtualenv or give a full path in [backend] command")
+            throw SupervisorError(description: "backend program \"\(program)\" not found on PATH or in a .venv/bin above \(configuration.directory); activate the project's virtualenv or give a full path in [backend] command")
         }
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = Array(configuration.command.dropFirst())
@@ -135,13 +135,22 @@ public final class BackendSupervisor: Service, Sendable {
         return process
     }
 
+    /// Finds the backend program: on PATH first, then in a `.venv/bin` in the
+    /// backend's folder or any folder above it, where a Python project keeps uvicorn.
     private func findExecutable(_ name: String) -> String? {
         let path = (configuration.environment["PATH"] ?? ProcessInfo.processInfo.environment["PATH"]) ?? "/usr/bin:/bin"
         for directory in path.split(separator: ":") {
             let candidate = directory.hasPrefix("/") ? "\(directory)/\(name)" : "\(configuration.directory)/\(directory)/\(name)"
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         }
-        return nil
+        var folder = URL(fileURLWithPath: configuration.directory).standardizedFileURL
+        while true {
+            let candidate = folder.appendingPathComponent(".venv/bin/\(name)").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            let parent = folder.deletingLastPathComponent()
+            if parent.path == folder.path { return nil }
+            folder = parent
+        }
     }
 
     /// Copies the backend's output, line by line with a prefix, on a thread of its own.

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs everything the gateway, the quickstart and the tests need on a fresh
+# machine: Debian packages, a Python venv in .venv, and a debug build of apus.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if command -v apt-get >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    # curl: test client; procps: pgrep in tests; gcc: C handlers in the ABI tests.
+    $SUDO apt-get install -y -qq curl procps gcc >/dev/null
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -r Tests/requirements.txt
+
+swift build --build-tests
+echo "setup done: .build/debug/apus and .venv are ready"
