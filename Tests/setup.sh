@@ -8,8 +8,9 @@ if command -v apt-get >/dev/null; then
     SUDO=""
     [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    # curl: test client; procps: pgrep in tests; gcc: C handlers in the ABI tests.
-    $SUDO apt-get install -y -qq curl procps gcc >/dev/null
+    # curl, h2load (nghttp2-client) and headless chromium: real clients in the tests;
+    # procps: pgrep in tests; gcc: C handlers in the ABI tests.
+    $SUDO apt-get install -y -qq curl procps gcc nghttp2-client chromium >/dev/null
 fi
 
 python3 -m venv .venv

@@ -67,7 +67,8 @@ private struct ConfigReader {
             try checkKeys(
                 server, table: t,
                 allowed: ["listen", "workers", "shutdown_timeout", "keepalive_timeout", "trusted_proxies", "access_log",
-                    "max_header_size", "max_body_size", "blocking_threads"])
+                    "max_header_size", "max_body_size", "blocking_threads", "h2c", "max_concurrent_streams", "tls",
+                    "redirect_https", "hsts"])
             if let listen = server["listen"] {
                 let texts: [String]
                 if let single = listen.string {
@@ -103,6 +104,22 @@ private struct ConfigReader {
             if let value = try size(server, t, "max_header_size") { config.server.maxHeaderBytes = value }
             if let value = try size(server, t, "max_body_size") { config.server.maxBodyBytes = value }
             if let value = try int(server, t, "blocking_threads", range: 1...512) { config.server.blockingThreads = value }
+            if let value = try bool(server, t, "h2c") { config.server.h2c = value }
+            if let value = try int(server, t, "max_concurrent_streams", range: 1...10_000) { config.server.maxConcurrentStreams = value }
+            if let value = try string(server, t, "hsts") { config.server.hsts = value }
+            if let redirect = server["redirect_https"] {
+                config.server.redirectHTTPS = try strings(redirect, t, "redirect_https").map { (text) throws(ConfigError) in
+                    guard let spec = SocketAddressSpec(parsing: text) else { throw error(t, "redirect_https", "\"\(text)\" is not host:port") }
+                    return spec
+                }
+            }
+            if let tls = server["tls"] {
+                guard let array = tls.array else { throw error(t, "tls", "must be an array of tables: [[server.tls]]") }
+                for index in 0..<array.count {
+                    guard let table = array[index].table else { throw error(t, "tls", "each TLS listener must be a table") }
+                    config.server.tls.append(try tlsListener(table, table: "server.tls[\(index)]"))
+                }
+            }
         }
 
         if let backend = try table(root, "", "backend") {
@@ -216,6 +233,52 @@ private struct ConfigReader {
 
         try applyEnvironment(environment, to: &config)
         return config
+    }
+
+    func tlsListener(_ table: TOMLTable, table t: String) throws(ConfigError) -> GatewayConfig.TLSListener {
+        try checkKeys(table, table: t, allowed: ["listen", "certificate", "private_key", "sni", "client_ca", "client_auth"])
+        guard let listenText = try string(table, t, "listen") else { throw error(t, nil, "missing key \"listen\" (e.g. \"0.0.0.0:8443\")") }
+        guard let listen = SocketAddressSpec(parsing: listenText) else { throw error(t, "listen", "\"\(listenText)\" is not host:port") }
+        let certificate = try existingFile(table, t, "certificate", required: true)!
+        let key = try existingFile(table, t, "private_key", required: true)!
+        var listener = GatewayConfig.TLSListener(
+            listen: listen, certificate: certificate, privateKey: key, line: locator.line(table: t, key: "listen"))
+        listener.clientCA = try existingFile(table, t, "client_ca", required: false)
+        if let auth = try string(table, t, "client_auth") {
+            switch auth {
+            case "require": listener.requireClientCertificate = true
+            case "optional": listener.requireClientCertificate = false
+            default: throw error(t, "client_auth", "must be \"require\" or \"optional\", not \"\(auth)\"")
+            }
+        }
+        if let sni = table["sni"] {
+            guard let array = sni.array else { throw error(t, "sni", "must be an array of tables: [[server.tls.sni]]") }
+            for index in 0..<array.count {
+                let st = "\(t).sni[\(index)]"
+                guard let entry = array[index].table else { throw error(t, "sni", "each SNI entry must be a table") }
+                try checkKeys(entry, table: st, allowed: ["server_names", "certificate", "private_key"])
+                guard let namesValue = entry["server_names"] else { throw error(st, nil, "missing key \"server_names\"") }
+                let names = try strings(namesValue, st, "server_names")
+                guard !names.isEmpty else { throw error(st, "server_names", "needs at least one name") }
+                listener.sni.append(
+                    .init(
+                        serverNames: names.map { $0.lowercased() },
+                        certificate: try existingFile(entry, st, "certificate", required: true)!,
+                        privateKey: try existingFile(entry, st, "private_key", required: true)!))
+            }
+        }
+        return listener
+    }
+
+    /// A path key whose file must exist.
+    func existingFile(_ table: TOMLTable, _ t: String, _ key: String, required: Bool) throws(ConfigError) -> String? {
+        guard let value = try string(table, t, key) else {
+            if required { throw error(t, nil, "missing key \"\(key)\"") }
+            return nil
+        }
+        let path = resolve(value)
+        guard FileManager.default.isReadableFile(atPath: path) else { throw error(t, key, "file \(path) does not exist or is not readable") }
+        return path
     }
 
     func applyEnvironment(_ environment: [String: String], to config: inout GatewayConfig) throws(ConfigError) {

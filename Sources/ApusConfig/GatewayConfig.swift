@@ -32,6 +32,40 @@ public struct GatewayConfig: Sendable {
         public var maxBodyBytes: Int = 1 << 20
         /// Threads for `blocking` native handlers.
         public var blockingThreads: Int = 8
+        /// Whether plain listeners also accept HTTP/2 with prior knowledge (h2c).
+        public var h2c: Bool = true
+        /// Most concurrent HTTP/2 streams per connection.
+        public var maxConcurrentStreams: Int = 100
+        /// TLS listeners.
+        public var tls: [TLSListener] = []
+        /// Plain listeners that only redirect to HTTPS (308).
+        public var redirectHTTPS: [SocketAddressSpec] = []
+        /// `Strict-Transport-Security` value added to responses over TLS, if set.
+        public var hsts: String?
+    }
+
+    /// One `[[server.tls]]` listener.
+    public struct TLSListener: Sendable {
+        /// Where it listens.
+        public var listen: SocketAddressSpec
+        /// The default certificate chain (PEM) and its key, used when no SNI name matches.
+        public var certificate: String
+        public var privateKey: String
+        /// More certificates, chosen by the client's SNI name.
+        public var sni: [SNICertificate] = []
+        /// CA bundle (PEM) that client certificates must chain to (mTLS), if set.
+        public var clientCA: String?
+        /// Whether a client certificate is required (true) or only checked when sent (false).
+        public var requireClientCertificate: Bool = true
+        /// The line of the listener in the file, for messages.
+        public var line: Int?
+    }
+
+    /// A certificate served for some SNI names (`*.example.com` matches one label).
+    public struct SNICertificate: Sendable {
+        public var serverNames: [String]
+        public var certificate: String
+        public var privateKey: String
     }
 
     /// `[backend]`.

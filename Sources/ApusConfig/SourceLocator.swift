@@ -13,24 +13,33 @@ struct SourceLocator {
 
     init(text: String) {
         var currentTable = ""
+        // Arrays of tables seen so far, by qualified name ("route", "server.tls[0].sni"), with their counts.
         var arrayCounts: [String: Int] = [:]
+        // `a.b.c` becomes `a[i].b.c` when `a` is an array of tables: sub-tables belong to its last element.
+        func qualify(_ name: String) -> String {
+            var qualified = ""
+            for part in name.split(separator: ".") {
+                qualified += qualified.isEmpty ? String(part) : ".\(part)"
+                if let count = arrayCounts[qualified] {
+                    qualified += "[\(count - 1)]"
+                }
+            }
+            return qualified
+        }
         for (offset, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = rawLine.drop(while: { $0 == " " || $0 == "\t" })
             let number = offset + 1
             if line.hasPrefix("[[") {
                 let name = Self.clean(line.dropFirst(2).prefix(while: { $0 != "]" }))
-                let index = arrayCounts[name, default: 0]
-                arrayCounts[name] = index + 1
-                currentTable = "\(name)[\(index)]"
+                let parts = name.split(separator: ".")
+                let parent = parts.count > 1 ? qualify(parts.dropLast().joined(separator: ".")) : ""
+                let key = parent.isEmpty ? String(parts.last ?? "") : "\(parent).\(parts.last ?? "")"
+                let index = arrayCounts[key, default: 0]
+                arrayCounts[key] = index + 1
+                currentTable = "\(key)[\(index)]"
                 tableLines[currentTable] = number
             } else if line.hasPrefix("[") {
-                let name = Self.clean(line.dropFirst().prefix(while: { $0 != "]" }))
-                // `[route.x]` under an array of tables belongs to its last element.
-                if let dot = name.firstIndex(of: "."), let count = arrayCounts[String(name[..<dot])] {
-                    currentTable = "\(name[..<dot])[\(count - 1)]\(name[dot...])"
-                } else {
-                    currentTable = name
-                }
+                currentTable = qualify(Self.clean(line.dropFirst().prefix(while: { $0 != "]" })))
                 if tableLines[currentTable] == nil { tableLines[currentTable] = number }
             } else if let equals = line.firstIndex(of: "="), !line.hasPrefix("#") {
                 let key = Self.clean(line[..<equals])

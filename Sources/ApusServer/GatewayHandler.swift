@@ -15,8 +15,14 @@ final class GatewayShared: Sendable {
     let threadPool: NIOThreadPool
     let readiness: BackendReadiness
     let scheme: String
+    /// `Strict-Transport-Security` for responses on TLS listeners.
+    let hsts: String?
 
-    init(logger: Logger, accessLog: AccessLog, trustedProxies: [CIDR], threadPool: NIOThreadPool, readiness: BackendReadiness, scheme: String) {
+    init(
+        logger: Logger, accessLog: AccessLog, trustedProxies: [CIDR], threadPool: NIOThreadPool, readiness: BackendReadiness,
+        scheme: String, hsts: String?
+    ) {
+        self.hsts = hsts
         self.logger = logger
         self.accessLog = accessLog
         self.trustedProxies = trustedProxies
@@ -44,6 +50,9 @@ final class GatewayHandler: ChannelDuplexHandler {
         case native(NativeCall)
         /// Streaming to and from the backend.
         case proxy(ProxyExchange)
+        /// An HTTP/2 request without content-length: whether it has a body (and so
+        /// needs chunked framing towards the backend) shows with its next part.
+        case proxyPending(HTTPRequestHead)
         /// An error response went out early; the rest of the request is dropped and the connection closes.
         case rejecting
     }
@@ -182,7 +191,7 @@ final class GatewayHandler: ChannelDuplexHandler {
         }
         info = RequestInfo(
             method: head.method, uri: head.uri, version: head.version, requestID: requestID, started: .now(),
-            keepAlive: head.isKeepAlive)
+            keepAlive: head.isKeepAlive || head.version.major >= 2)
 
         let uri = head.uri.utf8
         let queryStart = uri.firstIndex(of: UInt8(ascii: "?"))
@@ -220,9 +229,13 @@ final class GatewayHandler: ChannelDuplexHandler {
 
     private var nativeHeaders = HTTPHeaders()
 
-    private func startProxy(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+    private func startProxy(_ head: HTTPRequestHead, context: ChannelHandlerContext, bodyKnown: Bool = false) {
         guard shared.readiness.isReady else {
             reject(.serviceUnavailable, "backend is starting", context: context, retryAfter: true)
+            return
+        }
+        if !bodyKnown, head.version.major >= 2, !head.headers.contains(name: "content-length") {
+            state = .proxyPending(head)
             return
         }
         let upstreamHead = makeUpstreamHead(head, requestID: info!.requestID, client: client)
@@ -248,6 +261,11 @@ final class GatewayHandler: ChannelDuplexHandler {
         switch state {
         case .proxy(let exchange):
             exchange.requestBody(buffer)
+        case .proxyPending(var head):
+            head.headers.add(name: "transfer-encoding", value: "chunked")
+            state = .idle
+            startProxy(head, context: context, bodyKnown: true)
+            if case .proxy(let exchange) = state { exchange.requestBody(buffer) }
         case .native(var call):
             var buffer = buffer
             let total = (call.body?.readableBytes ?? 0) + buffer.readableBytes
@@ -272,6 +290,10 @@ final class GatewayHandler: ChannelDuplexHandler {
         switch state {
         case .proxy(let exchange):
             exchange.requestEnd(trailers)
+        case .proxyPending(let head):
+            state = .idle
+            startProxy(head, context: context, bodyKnown: true)
+            if case .proxy(let exchange) = state { exchange.requestEnd(trailers) }
         case .native(let call):
             invokeNative(call, context: context)
         case .rejecting:
@@ -350,6 +372,7 @@ final class GatewayHandler: ChannelDuplexHandler {
         headers.add(name: "date", value: loop.dateHeader())
         headers.add(name: "x-request-id", value: info.requestID)
         if !info.keepAlive { headers.add(name: "connection", value: "close") }
+        if let hsts = shared.hsts { headers.add(name: "strict-transport-security", value: hsts) }
         info.status = status
         let head = HTTPResponseHead(version: info.version, status: HTTPResponseStatus(statusCode: status), headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
@@ -391,7 +414,8 @@ final class GatewayHandler: ChannelDuplexHandler {
         headers.add(name: "date", value: loop.dateHeader())
         headers.add(name: "x-request-id", value: info.requestID)
         if retryAfter { headers.add(name: "retry-after", value: "1") }
-        if close { headers.add(name: "connection", value: "close") }
+        if close && info.version.major == 1 { headers.add(name: "connection", value: "close") }
+        if let hsts = shared.hsts { headers.add(name: "strict-transport-security", value: hsts) }
         info.status = Int(status.code)
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: info.version, status: status, headers: headers))), promise: nil)
         if info.method != .HEAD {
@@ -443,7 +467,8 @@ extension GatewayHandler: ProxyDownstream {
             info.upstreamSeconds = Double((at - info.started).nanoseconds) / 1e9
         }
         info.status = Int(head.status.code)
-        let response = makeDownstreamHead(head, version: info.version, requestID: info.requestID, keepAlive: info.keepAlive)
+        var response = makeDownstreamHead(head, version: info.version, requestID: info.requestID, keepAlive: info.keepAlive)
+        if let hsts = shared.hsts { response.headers.replaceOrAdd(name: "strict-transport-security", value: hsts) }
         self.info = info
         context.write(wrapOutboundOut(.head(response)), promise: nil)
     }

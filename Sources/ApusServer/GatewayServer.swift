@@ -7,6 +7,7 @@ import NIOExtras
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
+import UnixSignals
 
 /// The public listeners: binds them, serves until graceful shutdown, then stops
 /// accepting, lets in-flight requests finish up to `shutdown_timeout`, and closes
@@ -15,21 +16,27 @@ public final class GatewayServer: Service, Sendable {
     private let config: GatewayConfig
     private let group: MultiThreadedEventLoopGroup
     private let shared: GatewayShared
+    private let tlsShared: GatewayShared
+    private let certificates: [TLSCertificateStore]
     private let loops: [ObjectIdentifier: NIOLoopBound<LoopState>]
     private let logger: Logger
     private let bound: NIOLockedValueBox<[SocketAddress]> = NIOLockedValueBox([])
 
     /// Prepares the server; nothing is bound until `run()`.
     public init(
-        config: GatewayConfig, router: Router, group: MultiThreadedEventLoopGroup, threadPool: NIOThreadPool,
-        readiness: BackendReadiness, logger: Logger
+        config: GatewayConfig, router: Router, certificates: [TLSCertificateStore], group: MultiThreadedEventLoopGroup,
+        threadPool: NIOThreadPool, readiness: BackendReadiness, logger: Logger
     ) throws {
         self.config = config
         self.group = group
         self.logger = logger
+        self.certificates = certificates
         self.shared = GatewayShared(
             logger: logger, accessLog: AccessLog(format: config.server.accessLog), trustedProxies: config.server.trustedProxies,
-            threadPool: threadPool, readiness: readiness, scheme: "http")
+            threadPool: threadPool, readiness: readiness, scheme: "http", hsts: nil)
+        self.tlsShared = GatewayShared(
+            logger: logger, accessLog: AccessLog(format: config.server.accessLog), trustedProxies: config.server.trustedProxies,
+            threadPool: threadPool, readiness: readiness, scheme: "https", hsts: config.server.hsts)
         let settings = UpstreamSettings(
             address: try Self.socketAddress(config.backend.address),
             connectTimeout: .seconds(config.backend.connectTimeout),
@@ -71,52 +78,93 @@ public final class GatewayServer: Service, Sendable {
     public func run() async throws {
         let quiesce = ServerQuiescingHelper(group: group)
         let loops = self.loops
-        let shared = self.shared
-        let keepAlive = TimeAmount.seconds(config.server.keepAliveTimeout)
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = config.server.maxHeaderBytes
         limits.maxHeaderFieldSize = config.server.maxHeaderBytes
-        let decoderLimits = limits
+        let settings = PipelineSettings(
+            decoderLimits: limits, keepAliveTimeout: .seconds(config.server.keepAliveTimeout),
+            maxConcurrentStreams: config.server.maxConcurrentStreams, maxHeaderListSize: config.server.maxHeaderBytes,
+            shutdownTimeout: .seconds(config.server.shutdownTimeout))
 
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
-                }
-            }
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    guard let state = loops[ObjectIdentifier(channel.eventLoop)] else {
-                        throw ChannelError.ioOnClosedChannel
+        func bootstrap(_ configure: @escaping @Sendable (any Channel, NIOLoopBound<LoopState>) throws -> Void) -> ServerBootstrap {
+            ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
                     }
-                    let sync = channel.pipeline.syncOperations
-                    try sync.configureHTTPServerPipeline(
-                        withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: true,
-                        withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
-                        withDecoderLimitConfiguration: decoderLimits)
-                    try sync.addHandler(IdleStateHandler(readTimeout: keepAlive))
-                    try sync.addHandler(GatewayHandler(loop: state.value, shared: shared))
                 }
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.maxMessagesPerRead, value: 16)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        guard let state = loops[ObjectIdentifier(channel.eventLoop)] else { throw ChannelError.ioOnClosedChannel }
+                        try configure(channel, state)
+                    }
+                }
+        }
+
+        let shared = self.shared
+        let tlsShared = self.tlsShared
+        let h2c = config.server.h2c
+        var listeners: [(SocketAddressSpec, String, ServerBootstrap)] = config.server.listen.map { spec in
+            (spec, "http", bootstrap { try HTTPPipelines.configurePlain($0, loop: $1, shared: shared, settings: settings, h2c: h2c) })
+        }
+        for store in certificates {
+            listeners.append(
+                (store.listener.listen, "https",
+                    bootstrap {
+                        // Each new connection takes the certificates current at accept time.
+                        try HTTPPipelines.configureTLS($0, context: store.context, loop: $1, shared: tlsShared, settings: settings)
+                    }))
+        }
+        if let httpsPort = certificates.first?.listener.listen.port {
+            for spec in config.server.redirectHTTPS {
+                listeners.append(
+                    (spec, "http (redirect to https)",
+                        bootstrap { channel, _ in
+                            try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                            try channel.pipeline.syncOperations.addHandler(HTTPSRedirectHandler(httpsPort: httpsPort))
+                        }))
             }
+        }
 
         var channels: [any Channel] = []
         do {
-            for spec in config.server.listen {
+            for (spec, scheme, bootstrap) in listeners {
                 let channel = try await bootstrap.bind(host: spec.host, port: spec.port).get()
                 channels.append(channel)
                 if let address = channel.localAddress {
                     bound.withLockedValue { $0.append(address) }
-                    logger.info("listening", metadata: ["server.address": "http://\(spec.host):\(address.port ?? spec.port)"])
+                    logger.info("listening", metadata: ["server.address": "\(scheme)://\(spec.host):\(address.port ?? spec.port)"])
                 }
             }
         } catch {
             for channel in channels { try? await channel.close() }
             throw ServerError.bindFailed("\(error)")
         }
+
+        // Certificates reload on SIGHUP and when their files change; a bad new set keeps the old one serving.
+        let reloader = Task { [certificates, logger] in
+            guard !certificates.isEmpty else { return }
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                        Self.reloadCertificates(certificates, logger: logger, reason: "SIGHUP")
+                    }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .seconds(1))
+                        if certificates.contains(where: { $0.filesChanged() }) {
+                            Self.reloadCertificates(certificates, logger: logger, reason: "certificate files changed")
+                        }
+                    }
+                }
+            }
+        }
+        defer { reloader.cancel() }
 
         // Serve until a shutdown signal (or cancellation) arrives.
         try? await gracefulShutdown()
@@ -138,6 +186,19 @@ public final class GatewayServer: Service, Sendable {
         for eventLoop in group.makeIterator() {
             guard let state = loops[ObjectIdentifier(eventLoop)] else { continue }
             try? await eventLoop.submit { state.value.pool.shutdown() }.get()
+        }
+    }
+
+    private static func reloadCertificates(_ stores: [TLSCertificateStore], logger: Logger, reason: String) {
+        for store in stores {
+            do {
+                try store.reload()
+                logger.info("certificates reloaded", metadata: ["tls.listener": "\(store.listener.listen)", "reason": "\(reason)"])
+            } catch {
+                logger.error(
+                    "certificate reload failed; the previous certificates keep serving",
+                    metadata: ["tls.listener": "\(store.listener.listen)", "error": "\(error)"])
+            }
         }
     }
 }

@@ -43,7 +43,7 @@ struct Check: AsyncParsableCommand {
             let config = try GatewayConfig.load(file: options.config)
             let result = try await GatewayBuilder(config: config, logger: logger).build()
             print("config \(config.file): OK")
-            print("listen: \(config.server.listen.map { "http://\($0)" }.joined(separator: ", "))")
+            print("listen: \((config.server.listen.map { "http://\($0)" } + config.server.tls.map { "https://\($0.listen)" }).joined(separator: ", "))")
             print("backend: \(config.backend.address)\(config.backend.command.map { " (supervised: \($0.joined(separator: " ")))" } ?? "")")
             if config.routes.isEmpty {
                 print("routes: none native; everything goes to the backend")
@@ -109,7 +109,7 @@ struct Serve: AsyncParsableCommand {
         let server: GatewayServer
         do {
             server = try GatewayServer(
-                config: config, router: built.router, group: group, threadPool: threadPool, readiness: readiness, logger: logger)
+                config: config, router: built.router, certificates: built.certificates, group: group, threadPool: threadPool, readiness: readiness, logger: logger)
         } catch {
             throw fail(error)
         }

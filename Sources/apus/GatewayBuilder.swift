@@ -22,6 +22,7 @@ struct GatewayBuilder {
     struct Result {
         let router: Router
         let handlers: [String: LoadedHandler]
+        let certificates: [TLSCertificateStore]
     }
 
     func build() async throws -> Result {
@@ -32,6 +33,14 @@ struct GatewayBuilder {
                 patterns.append(try RoutePattern(route.match))
             } catch {
                 throw ConfigError(file: config.file, line: route.line, key: "route[\(index)].match", message: error.description)
+            }
+        }
+        var certificates: [TLSCertificateStore] = []
+        for (index, listener) in config.server.tls.enumerated() {
+            do {
+                certificates.append(try TLSCertificateStore(listener: listener))
+            } catch {
+                throw ConfigError(file: config.file, line: listener.line, key: "server.tls[\(index)]", message: "\(error)")
             }
         }
         let used = Set(config.routes.map(\.handler))
@@ -78,6 +87,6 @@ struct GatewayBuilder {
             let line = config.routes.first { $0.match == error.second.description }?.line
             throw ConfigError(file: config.file, line: line, key: "route.match", message: error.description)
         }
-        return Result(router: Router(table: table), handlers: handlers)
+        return Result(router: Router(table: table), handlers: handlers, certificates: certificates)
     }
 }

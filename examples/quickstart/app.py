@@ -12,7 +12,7 @@ import json
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import orderbook
@@ -92,6 +92,25 @@ async def sse(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+PAGE = """<!doctype html>
+<html><head><title>Apus quickstart</title></head>
+<body>
+<h1>Served by Python</h1>
+<pre id="result">loading</pre>
+<script>
+// The HTML comes from Python; the JSON below comes from the native Swift route.
+fetch("/orderbook/ACME?n=2").then(r => r.json()).then(book => {
+  document.getElementById("result").textContent = "native:" + book.symbol + ":" + book.count + ":" + book.orders.length;
+}).catch(e => { document.getElementById("result").textContent = "error:" + e; });
+</script>
+</body></html>
+"""
+
+
+async def page(request: Request) -> Response:
+    return HTMLResponse(PAGE)
+
+
 async def slow(request: Request) -> Response:
     await asyncio.sleep(float(request.query_params.get("seconds", "2")))
     return JSONResponse({"slept": True})
@@ -99,6 +118,7 @@ async def slow(request: Request) -> Response:
 
 app = Starlette(routes=[
     Route("/", index),
+    Route("/page", page),
     Route("/hello/{name}", hello),
     Route("/py/orderbook/{symbol}", py_orderbook),
     Route("/orderbook/{symbol}", py_orderbook),

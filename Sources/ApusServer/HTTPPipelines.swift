@@ -1,0 +1,197 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+import NIOSSL
+import NIOTLS
+
+/// What every connection pipeline needs; immutable, shared by all loops.
+struct PipelineSettings: Sendable {
+    let decoderLimits: NIOHTTPDecoderLimitConfiguration
+    let keepAliveTimeout: TimeAmount
+    let maxConcurrentStreams: Int
+    let maxHeaderListSize: Int
+    let shutdownTimeout: TimeAmount
+}
+
+/// Builds the per-connection pipelines. HTTP/1.1 and HTTP/2 end in the same
+/// `GatewayHandler`: an HTTP/2 stream is turned into HTTP/1-style request and
+/// response parts by `HTTP2FramePayloadToHTTP1ServerCodec`, so routing, native
+/// handlers and proxying are written once.
+enum HTTPPipelines {
+    /// HTTP/1.1: NIO's codec with pipelining assistance and protocol-error answers.
+    static func configureHTTP1(
+        _ channel: any Channel, loop: NIOLoopBound<LoopState>, shared: GatewayShared, settings: PipelineSettings
+    ) throws {
+        let sync = channel.pipeline.syncOperations
+        try sync.configureHTTPServerPipeline(
+            withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: true,
+            withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
+            withDecoderLimitConfiguration: settings.decoderLimits)
+        try sync.addHandler(IdleStateHandler(readTimeout: settings.keepAliveTimeout))
+        try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared))
+    }
+
+    /// HTTP/2: flow control and stream limits from NIOHTTP2 (including its
+    /// reset-flood and stream-error rate limits against rapid reset,
+    /// CVE-2023-44487), GOAWAY on graceful shutdown and idle connections closed
+    /// by the connection management handler.
+    static func configureHTTP2(
+        _ channel: any Channel, loop: NIOLoopBound<LoopState>, shared: GatewayShared, settings: PipelineSettings
+    ) throws {
+        var management = NIOHTTP2ServerConnectionManagementHandler.Configuration.defaults
+        management.maxIdleTime = settings.keepAliveTimeout
+        management.maxGraceTime = settings.shutdownTimeout
+        management.keepalive = nil
+        let manager = NIOHTTP2ServerConnectionManagementHandler(eventLoop: channel.eventLoop, configuration: management)
+
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        connection.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: settings.maxConcurrentStreams),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: settings.maxHeaderListSize),
+            HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
+        ]
+        connection.targetWindowSize = 4 << 20
+        var stream = NIOHTTP2Handler.StreamConfiguration()
+        stream.targetWindowSize = 1 << 20
+        let sync = channel.pipeline.syncOperations
+        _ = try sync.configureHTTP2Pipeline(
+            mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
+            streamDelegate: manager.http2StreamDelegate
+        ) { streamChannel in
+            streamChannel.eventLoop.makeCompletedFuture {
+                let sync = streamChannel.pipeline.syncOperations
+                try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared))
+            }
+        }
+        try sync.addHandler(manager)
+        // The manager starts its idle and grace timers on channelActive, which passed before
+        // ALPN or the preface decided on HTTP/2; replay it to the manager alone (nothing follows it).
+        if channel.isActive {
+            manager.channelActive(context: try sync.context(handler: manager))
+        }
+    }
+
+    /// A plain listener: HTTP/1.1, or HTTP/2 with prior knowledge when the
+    /// connection opens with the HTTP/2 preface (h2c), on the same port.
+    static func configurePlain(
+        _ channel: any Channel, loop: NIOLoopBound<LoopState>, shared: GatewayShared, settings: PipelineSettings, h2c: Bool
+    ) throws {
+        guard h2c else { return try configureHTTP1(channel, loop: loop, shared: shared, settings: settings) }
+        try channel.pipeline.syncOperations.addHandler(
+            HTTP2PrefaceDetector(
+                http1: { try configureHTTP1($0, loop: loop, shared: shared, settings: settings) },
+                http2: { try configureHTTP2($0, loop: loop, shared: shared, settings: settings) }))
+    }
+
+    /// A TLS listener: the handshake, then HTTP/2 or HTTP/1.1 as ALPN decided.
+    static func configureTLS(
+        _ channel: any Channel, context: NIOSSLContext, loop: NIOLoopBound<LoopState>, shared: GatewayShared,
+        settings: PipelineSettings
+    ) throws {
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(NIOSSLServerHandler(context: context))
+        try sync.addHandler(
+            ApplicationProtocolNegotiationHandler { result, channel in
+                channel.eventLoop.makeCompletedFuture {
+                    switch result {
+                    case .negotiated("h2"):
+                        try configureHTTP2(channel, loop: loop, shared: shared, settings: settings)
+                    default:
+                        try configureHTTP1(channel, loop: loop, shared: shared, settings: settings)
+                    }
+                }
+            })
+    }
+}
+
+/// Reads the first bytes of a plain connection and sets the pipeline up for
+/// HTTP/2 if they are the HTTP/2 client preface, else for HTTP/1.1; then hands
+/// the bytes on and leaves the pipeline.
+final class HTTP2PrefaceDetector: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+    private let http1: (any Channel) throws -> Void
+    private let http2: (any Channel) throws -> Void
+    private var buffered: ByteBuffer?
+    private var decided = false
+
+    init(http1: @escaping (any Channel) throws -> Void, http2: @escaping (any Channel) throws -> Void) {
+        self.http1 = http1
+        self.http2 = http2
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if buffered == nil {
+            buffered = incoming
+        } else {
+            buffered!.writeBuffer(&incoming)
+        }
+        guard !decided else { return }
+        let bytes = buffered!.readableBytesView
+        let count = min(bytes.count, Self.preface.count)
+        let isPrefix = bytes.prefix(count).elementsEqual(Self.preface.prefix(count))
+        if isPrefix && count < Self.preface.count { return }  // wait for more
+        decided = true
+        do {
+            try (isPrefix ? http2 : http1)(context.channel)
+        } catch {
+            context.fireErrorCaught(error)
+            context.close(promise: nil)
+            return
+        }
+        // Hand the bytes on from a fresh stack: the new handlers were added inside this
+        // read, and NIOHTTP2Handler does not expect its first read re-entrantly.
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (detector, context) = bound.value
+            if let data = detector.buffered {
+                detector.buffered = nil
+                context.fireChannelRead(detector.wrapInboundOut(data))
+                context.fireChannelReadComplete()
+            }
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+}
+
+/// Answers every request on a redirect listener with `308` to the same path over HTTPS.
+final class HTTPSRedirectHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let httpsPort: Int
+    private var head: HTTPRequestHead?
+
+    init(httpsPort: Int) { self.httpsPort = httpsPort }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): self.head = head
+        case .body: break
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            var host = head.headers.first(name: "host") ?? "localhost"
+            // Drop the plain port; add the TLS one unless it is the default.
+            if let colon = host.lastIndex(of: ":"), !host.hasSuffix("]") { host = String(host[..<colon]) }
+            let authority = httpsPort == 443 ? host : "\(host):\(httpsPort)"
+            let valid = head.uri.hasPrefix("/") && !head.uri.contains(where: { $0 == "\r" || $0 == "\n" })
+            var headers = HTTPHeaders([("content-length", "0")])
+            let status: HTTPResponseStatus = valid ? .permanentRedirect : .badRequest
+            if valid { headers.add(name: "location", value: "https://\(authority)\(head.uri)") }
+            if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+            let keepAlive = head.isKeepAlive
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+                if !keepAlive { bound.value.close(promise: nil) }
+            }
+        }
+    }
+}

@@ -1,0 +1,388 @@
+"""TLS termination and HTTP/2: real curl, httpx, h2load, raw h2 frames and headless Chromium."""
+
+import asyncio
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import httpx
+import pytest
+
+from certs import Authority, write_cert, write_pair
+from conftest import APUS, child_env, free_port, wait_for
+
+
+@pytest.fixture
+def pki(tmp_path):
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    ca = Authority()
+    other_ca = Authority("Someone Else")
+    material = {"folder": folder, "ca": write_cert(folder / "ca.pem", ca.cert), "authority": ca}
+    material["server"] = write_pair(folder, "server", *ca.issue("localhost", ["localhost", "127.0.0.1"]))
+    material["other"] = write_pair(folder, "other", *ca.issue("other.test", ["other.test", "*.other.test"]))
+    material["client"] = write_pair(folder, "client", *ca.issue("good client", client=True))
+    material["stranger"] = write_pair(folder, "stranger", *other_ca.issue("bad client", client=True))
+    return material
+
+
+def tls_block(port, pki, extra=""):
+    cert, key = pki["server"]
+    other_cert, other_key = pki["other"]
+    return (f'hsts = "max-age=63072000"\n'
+            f'[[server.tls]]\nlisten = "127.0.0.1:{port}"\ncertificate = "{cert}"\nprivate_key = "{key}"\n{extra}\n'
+            f'[[server.tls.sni]]\nserver_names = ["other.test", "*.other.test"]\n'
+            f'certificate = "{other_cert}"\nprivate_key = "{other_key}"\n')
+
+
+@pytest.fixture
+def tls_gateway(gateway_factory, uvicorn_backend, pki):
+    port = free_port()
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", server_extra=tls_block(port, pki))
+    gateway.tls_port = port
+    wait_for(lambda: socket.create_connection(("127.0.0.1", port)).close() is None, 10, "TLS listener")
+    return gateway
+
+
+def curl(*args):
+    result = subprocess.run(["curl", "-s", "--max-time", "20", *args], capture_output=True, text=True, timeout=30)
+    return result
+
+
+def test_curl_http1_and_http2_over_tls(tls_gateway, pki):
+    base = f"https://localhost:{tls_gateway.tls_port}"
+    h1 = curl("--cacert", str(pki["ca"]), "--http1.1", "-w", "\\n%{http_version}", f"{base}/hello/tls")
+    assert h1.stdout.endswith("\n1.1") and '"hello":"tls"' in h1.stdout, h1.stderr
+    h2 = curl("--cacert", str(pki["ca"]), "--http2", "-D-", "-w", "\\n%{http_version}", f"{base}/orderbook/ACME?n=2")
+    assert h2.stdout.endswith("\n2"), h2.stderr
+    assert "strict-transport-security: max-age=63072000" in h2.stdout
+    assert '"count":2' in h2.stdout
+    forwarded = httpx.get(f"{base}/headers", verify=ssl.create_default_context(cafile=str(pki["ca"]))).json()["headers"]
+    assert forwarded["x-forwarded-proto"] == "https"
+
+
+def test_h2c_prior_knowledge_and_http1_share_the_plain_port(gateway):
+    h2 = curl("--http2-prior-knowledge", "-w", "\\n%{http_version}", f"{gateway.url}/hello/h2c")
+    assert h2.stdout.endswith("\n2") and '"hello":"h2c"' in h2.stdout
+    native = curl("--http2-prior-knowledge", "-D-", f"{gateway.url}/orderbook/ACME?n=1")
+    assert native.stdout.startswith("HTTP/2 200") and "transfer-encoding" not in native.stdout.lower()
+    h1 = curl("-w", "\\n%{http_version}", f"{gateway.url}/hello/h1")
+    assert h1.stdout.endswith("\n1.1")
+
+
+def test_proxied_responses_on_h2_have_no_hop_by_hop_headers(gateway):
+    out = curl("--http2-prior-knowledge", "-D-", "-o", "/dev/null", f"{gateway.url}/download?size=100000")
+    headers = out.stdout.lower()
+    assert headers.startswith("http/2 200")
+    assert "transfer-encoding" not in headers and "connection:" not in headers and "keep-alive" not in headers
+
+
+def test_many_concurrent_h2_streams_with_large_bodies(tls_gateway, pki):
+    base = f"https://localhost:{tls_gateway.tls_port}"
+
+    async def run():
+        async with httpx.AsyncClient(http2=True, verify=ssl.create_default_context(cafile=str(pki["ca"])), timeout=60,
+                                     limits=httpx.Limits(max_connections=1)) as client:
+            async def upload(i):
+                payload = hashlib.sha256(str(i).encode()).digest() * (65536 // 32 * (i % 4 + 1))
+                response = await client.post(f"{base}/upload", content=payload)
+                assert response.http_version == "HTTP/2"
+                assert response.json() == {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+
+            async def download(i):
+                size = (i % 5 + 1) * 1024 * 1024
+                digest = hashlib.sha256()
+                total = 0
+                async with client.stream("GET", f"{base}/download?size={size}") as response:
+                    async for chunk in response.aiter_raw():
+                        digest.update(chunk)
+                        total += len(chunk)
+                assert total == size
+
+            async def native(i):
+                response = await client.get(f"{base}/orderbook/ACME?n={i + 1}")
+                assert response.status_code == 200 and response.json()["count"] == i + 1
+
+            async def echo(i):
+                response = await client.post(f"{base}/echo/n{i}/x", content=b"z" * (i * 100))
+                assert response.json()["body_length"] == i * 100
+
+            tasks = []
+            for i in range(20):
+                tasks += [upload(i), download(i), native(i), echo(i)]
+            await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+
+
+def test_sni_picks_the_matching_certificate(tls_gateway, pki):
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    for name, expected in [("localhost", "localhost"), ("other.test", "other.test"), ("api.other.test", "other.test")]:
+        with socket.create_connection(("127.0.0.1", tls_gateway.tls_port)) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                subject = dict(x[0] for x in tls.getpeercert()["subject"])
+                assert subject["commonName"] == expected
+                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tls_1_1_is_refused(tls_gateway):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises(ssl.SSLError):
+        with socket.create_connection(("127.0.0.1", tls_gateway.tls_port)) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost"):
+                pass
+
+
+def test_mtls_accepts_a_good_client_and_rejects_others(gateway_factory, uvicorn_backend, pki):
+    port = free_port()
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}",
+                              server_extra=tls_block(port, pki, extra=f'client_ca = "{pki["ca"]}"'))
+    url = f"https://localhost:{port}/hello/mtls"
+    good_cert, good_key = pki["client"]
+    good = curl("--cacert", str(pki["ca"]), "--cert", str(good_cert), "--key", str(good_key), url)
+    assert '"hello":"mtls"' in good.stdout, good.stderr
+    assert curl("--cacert", str(pki["ca"]), url).returncode != 0
+    bad_cert, bad_key = pki["stranger"]
+    assert curl("--cacert", str(pki["ca"]), "--cert", str(bad_cert), "--key", str(bad_key), url).returncode != 0
+    assert gateway.proc.poll() is None
+
+
+def peer_serial(port, ca):
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.getpeercert()["serialNumber"]
+
+
+def test_certificate_reload_keeps_open_connections_and_survives_a_broken_file(tls_gateway, pki):
+    port = tls_gateway.tls_port
+    before = peer_serial(port, pki["ca"])
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(pki["ca"]))) as client:
+        assert client.get(f"https://localhost:{port}/hello/a").status_code == 200
+        cert_path, key_path = pki["server"]
+        new_cert, new_key = pki["authority"].issue("localhost", ["localhost", "127.0.0.1"])
+        staged = write_pair(pki["folder"], "staged", new_cert, new_key)
+        os.replace(staged[1], key_path)
+        os.replace(staged[0], cert_path)
+        wait_for(lambda: peer_serial(port, pki["ca"]) != before, 10, "new certificate served")
+        # The connection opened before the reload still works.
+        assert client.get(f"https://localhost:{port}/hello/b").status_code == 200
+    after = peer_serial(port, pki["ca"])
+    cert_path.write_text("not a certificate\n")
+    tls_gateway.signal(signal.SIGHUP)
+    wait_for(lambda: "certificate reload failed" in tls_gateway.log(), 10, "reload failure logged")
+    assert peer_serial(port, pki["ca"]) == after
+    assert httpx.get(f"https://localhost:{port}/hello/c", verify=ssl.create_default_context(cafile=str(pki["ca"]))).status_code == 200
+
+
+def run_check(config_text, tmp_path):
+    config = tmp_path / "tls.conf"
+    config.write_text(config_text)
+    return subprocess.run([str(APUS), "check", "--config", str(config)], capture_output=True, text=True, timeout=120,
+                          env=child_env())
+
+
+def test_bad_certificates_are_refused_at_check(tmp_path, pki):
+    cert, key = pki["server"]
+    other_cert, other_key = pki["other"]
+    mismatch = run_check(f'[[server.tls]]\nlisten = "127.0.0.1:0"\ncertificate = "{cert}"\nprivate_key = "{other_key}"\n',
+                         tmp_path)
+    assert mismatch.returncode != 0 and "does not match certificate" in mismatch.stderr and ":2: server.tls[0]" in mismatch.stderr
+    expired = write_pair(pki["folder"], "expired", *pki["authority"].issue("localhost", ["localhost"], days_valid=(-10, -1)))
+    result = run_check(f'[[server.tls]]\nlisten = "127.0.0.1:0"\ncertificate = "{expired[0]}"\nprivate_key = "{expired[1]}"\n',
+                       tmp_path)
+    assert result.returncode != 0 and "expired on" in result.stderr
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("hello\n")
+    result = run_check(f'[[server.tls]]\nlisten = "127.0.0.1:0"\ncertificate = "{garbage}"\nprivate_key = "{key}"\n', tmp_path)
+    assert result.returncode != 0 and "not a PEM certificate" in result.stderr
+    missing = run_check(f'[[server.tls]]\nlisten = "127.0.0.1:0"\ncertificate = "/nope.pem"\nprivate_key = "{key}"\n', tmp_path)
+    assert missing.returncode != 0 and "server.tls[0].certificate" in missing.stderr and "does not exist" in missing.stderr
+
+
+def test_http_redirects_to_https(gateway_factory, uvicorn_backend, pki):
+    tls_port, redirect_port = free_port(), free_port()
+    gateway_factory(f"unix:{uvicorn_backend.socket_path}",
+                    server_extra=f'redirect_https = ["127.0.0.1:{redirect_port}"]\n' + tls_block(tls_port, pki))
+    response = httpx.get(f"http://localhost:{redirect_port}/hello/x?y=1")
+    assert response.status_code == 308
+    assert response.headers["location"] == f"https://localhost:{tls_port}/hello/x?y=1"
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) not installed")
+def test_h2load_thousands_of_requests_without_failure(tls_gateway, gateway):
+    for url in [f"https://127.0.0.1:{tls_gateway.tls_port}/orderbook/ACME?n=10",
+                f"https://127.0.0.1:{tls_gateway.tls_port}/hello/load", f"{gateway.url}/hello/h2c"]:
+        out = subprocess.run(["h2load", "-n", "3000", "-c", "10", "-m", "10", url], capture_output=True, text=True,
+                             timeout=120).stdout
+        assert "3000 succeeded, 0 failed, 0 errored" in out, out
+        assert "status codes: 3000 2xx" in out, out
+
+
+def h2_connection(port):
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(5)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+def read_events(sock, conn, until, timeout=10):
+    events = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            events.append("closed")
+            break
+        if not data:
+            events.append("closed")
+            break
+        try:
+            events += conn.receive_data(data)
+        except h2.exceptions.ProtocolError as error:
+            # The server ended the connection (GOAWAY) and kept talking (PING): it is over for us.
+            events.append(f"protocol error: {error}")
+            break
+        out = conn.data_to_send()
+        if out:
+            try:
+                sock.sendall(out)
+            except OSError:
+                pass
+        if until(events):
+            break
+    return events
+
+
+def headers(path, port):
+    return [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", f"127.0.0.1:{port}")]
+
+
+def test_rapid_reset_flood_gets_the_connection_closed(gateway):
+    sock, conn = h2_connection(gateway.port)
+    read_events(sock, conn, lambda e: any(isinstance(x, h2.events.RemoteSettingsChanged) for x in e), timeout=2)
+    closed = False
+    try:
+        for i in range(1000):
+            stream = conn.get_next_available_stream_id()
+            conn.send_headers(stream, headers("/slow?seconds=5", gateway.port))
+            conn.reset_stream(stream)
+            sock.sendall(conn.data_to_send())
+    except (BrokenPipeError, ConnectionResetError, h2.exceptions.ProtocolError):
+        closed = True
+    events = read_events(sock, conn, lambda e: "closed" in e or any(isinstance(x, h2.events.ConnectionTerminated) for x in e))
+    goaway = [x for x in events if isinstance(x, h2.events.ConnectionTerminated)]
+    terminated = conn.state_machine.state == h2.connection.ConnectionState.CLOSED
+    assert closed or goaway or terminated or "closed" in events, "1000 rapid resets were tolerated"
+    sock.close()
+    assert httpx.get(f"{gateway.url}/hello/after").status_code == 200
+
+
+def test_concurrent_stream_limit_is_enforced(gateway_factory, uvicorn_backend):
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", server_extra="max_concurrent_streams = 5")
+    sock, conn = h2_connection(gateway.port)
+    events = read_events(sock, conn, lambda e: any(isinstance(x, h2.events.RemoteSettingsChanged) for x in e), timeout=3)
+    settings = next(x for x in events if isinstance(x, h2.events.RemoteSettingsChanged))
+    assert settings.changed_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value == 5
+    # Ignore the advertised limit on purpose: open 8 slow streams at once.
+    conn.remote_settings.max_concurrent_streams = 100
+    conn.remote_settings.acknowledge()
+    streams = []
+    for _ in range(8):
+        streams.append(conn.get_next_available_stream_id())
+        conn.send_headers(streams[-1], headers("/slow?seconds=1", gateway.port), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame
+    frames = raw_frames(sock, lambda f: any(isinstance(x, GoAwayFrame) for x in f)
+                        or sum(isinstance(x, RstStreamFrame) for x in f) >= 3, timeout=10)
+    answered = {f.stream_id for f in frames if isinstance(f, HeadersFrame)}
+    refused = {f.stream_id for f in frames if isinstance(f, RstStreamFrame)}
+    goaway = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert len(answered) <= 5
+    # RFC 9113 5.1.2: the excess streams are refused, or the connection ends with PROTOCOL_ERROR.
+    assert refused >= set(streams[5:]) or (goaway and goaway[0].error_code == 1), frames
+    sock.close()
+    assert httpx.get(f"{gateway.url}/hello/after").status_code == 200
+
+
+def raw_frames(sock, until, timeout=10):
+    """Reads frames with hyperframe directly: the h2 state machine refuses frames after a
+    GOAWAY, while HTTP/2 lets streams below its last-stream-id finish."""
+    from hyperframe.frame import Frame
+    buffer = b""
+    frames = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(frames):
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            continue
+        if not data:
+            break
+        buffer += data
+        while len(buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+            if len(buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(buffer[9:9 + length]))
+            frames.append(frame)
+            buffer = buffer[9 + length:]
+    return frames
+
+
+def test_graceful_shutdown_sends_goaway_and_finishes_streams(gateway):
+    from hpack import Decoder
+    from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame
+    sock, conn = h2_connection(gateway.port)
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, headers("/slow?seconds=1.5", gateway.port), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    time.sleep(0.4)
+    gateway.signal(signal.SIGTERM)
+
+    def stream_ended(frames):
+        return any(isinstance(f, DataFrame) and f.stream_id == stream and "END_STREAM" in f.flags for f in frames)
+
+    frames = raw_frames(sock, stream_ended)
+    assert any(isinstance(f, GoAwayFrame) for f in frames), frames
+    decoder = Decoder()
+    statuses = [dict(decoder.decode(f.data)).get(":status") for f in frames if isinstance(f, HeadersFrame) and f.stream_id == stream]
+    assert statuses == ["200"], frames
+    body = b"".join(f.data for f in frames if isinstance(f, DataFrame) and f.stream_id == stream)
+    assert body == b'{"slept":true}'
+    assert stream_ended(frames)
+    assert gateway.wait(timeout=15) == 0
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
+def test_chromium_loads_a_python_page_that_fetches_a_native_route_over_h2(tls_gateway, pki, tmp_path):
+    url = f"https://localhost:{tls_gateway.tls_port}/page"
+    result = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
+         f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=8000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120)
+    assert "Served by Python" in result.stdout, result.stderr[-2000:]
+    assert "native:ACME:2:2" in result.stdout, result.stdout
+    log = tls_gateway.log()
+    assert '"GET /page HTTP/2.0" 200' in log and '"GET /orderbook/ACME?n=2 HTTP/2.0" 200' in log
