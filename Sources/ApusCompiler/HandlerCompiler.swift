@@ -8,8 +8,9 @@ public struct CompiledHandler: Sendable {
     public let name: String
     /// The source file.
     public let source: String
-    /// The compiled library; a new build always gets a new file name, so a
-    /// hot swap never asks `dlopen` for a path it has already loaded.
+    /// The compiled library; a new build always gets a new file name (and a new
+    /// module name), so a hot swap never asks `dlopen` for a path it has already
+    /// loaded and two generations never share type names.
     public let libraryPath: String
     /// The cache key: a hash of the source, the SDK, the compiler and the flags.
     public let hash: String
@@ -19,15 +20,21 @@ public struct CompiledHandler: Sendable {
     public let duration: Double
 }
 
-/// Compiles single-file handlers with the toolchain's `swiftc`, together with the
-/// SDK, into a cache keyed by a hash of everything that goes into the build.
-/// No Package.swift, no manual step; an unchanged handler is never recompiled.
+/// Compiles single-file handlers with the toolchain's `swiftc` into a cache keyed
+/// by a hash of everything that goes into the build. No Package.swift, no manual
+/// step; an unchanged handler is never recompiled.
+///
+/// The SDK is built once per toolchain and SDK version into a shared library in
+/// the cache (`sdk-<hash>/libApusSDK_<hash>.so`, always optimised); a handler
+/// build then compiles only the user's file and the two entry points against
+/// it, which takes a fraction of a second. The hot JSON writer is `@inlinable`,
+/// so handlers still get it specialised.
 public actor HandlerCompiler {
     /// Build settings.
     public struct Configuration: Sendable {
         /// Where libraries are cached.
         public var cacheDirectory: String
-        /// `-O` when true, `-Onone` (faster builds) when false.
+        /// `-O` when true, `-Onone` (faster builds) when false, for handler code.
         public var optimize: Bool
         /// The compiler; looked up on PATH when nil.
         public var swiftc: String?
@@ -39,10 +46,18 @@ public actor HandlerCompiler {
         }
     }
 
+    /// The prebuilt SDK library and module handlers link against.
+    struct SDKBuild: Sendable {
+        let key: String
+        let directory: String
+        var libraryName: String { "ApusSDK_\(key)" }
+    }
+
     private let configuration: Configuration
     private let sdk: HandlerSDK
     private let logger: Logger
     private var toolchain: (path: String, version: String)?
+    private var sdkBuild: Task<SDKBuild, any Error>?
 
     public init(configuration: Configuration, sdk: HandlerSDK, logger: Logger = Logger(label: "apus.compiler")) {
         self.configuration = configuration
@@ -74,49 +89,112 @@ public actor HandlerCompiler {
         return found
     }
 
-    private var flags: [String] {
-        ["-emit-library", "-parse-as-library", "-swift-version", "6", configuration.optimize ? "-O" : "-Onone"]
+    private static let commonFlags = ["-emit-library", "-parse-as-library", "-swift-version", "6"]
+
+    private var handlerFlags: [String] { Self.commonFlags + [configuration.optimize ? "-O" : "-Onone"] }
+
+    private func hash(_ parts: [Data], files: [String]) throws(CompileError) -> String {
+        var hasher = SHA256()
+        for part in parts { hasher.update(data: part) }
+        for file in files {
+            guard let contents = FileManager.default.contents(atPath: file) else { throw .io("cannot read \(file)") }
+            hasher.update(data: Data(URL(fileURLWithPath: file).lastPathComponent.utf8))
+            hasher.update(data: contents)
+        }
+        return hasher.finalize().prefix(12).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Builds the SDK library once (per toolchain and SDK contents); concurrent callers share the build.
+    private func sdkLibrary() async throws(CompileError) -> SDKBuild {
+        if let sdkBuild {
+            do {
+                return try await sdkBuild.value
+            } catch {
+                throw error as? CompileError ?? .io("\(error)")
+            }
+        }
+        let task = Task { () async throws -> SDKBuild in try await self.buildSDK() }
+        sdkBuild = task
+        do {
+            return try await task.value
+        } catch {
+            sdkBuild = nil
+            throw error as? CompileError ?? .io("\(error)")
+        }
+    }
+
+    private func buildSDK() async throws(CompileError) -> SDKBuild {
+        let toolchain = try await resolveToolchain()
+        let key = try hash([Data(toolchain.version.utf8), Data(Self.commonFlags.joined().utf8)], files: sdk.swiftSources + sdk.abiFiles)
+        let build = SDKBuild(key: key, directory: "\(configuration.cacheDirectory)/sdk-\(key)")
+        let library = "\(build.directory)/lib\(build.libraryName).so"
+        if FileManager.default.fileExists(atPath: library) { return build }
+        let staging = "\(configuration.cacheDirectory)/.sdk-\(key)-\(UUID().uuidString.prefix(8))"
+        do {
+            try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        } catch {
+            throw .io("cannot create handler cache \(configuration.cacheDirectory): \(error.localizedDescription)")
+        }
+        logger.info("building the handler SDK (once per toolchain)", metadata: ["sdk.key": "\(key)"])
+        let started = ContinuousClock.now
+        let arguments =
+            Self.commonFlags + [
+                "-O", "-module-name", "ApusSDK", "-emit-module", "-emit-module-path", "\(staging)/ApusSDK.swiftmodule",
+                "-I", sdk.abiIncludeDirectory, "-Xlinker", "-soname=lib\(build.libraryName).so",
+            ] + sdk.swiftSources + ["-o", "\(staging)/lib\(build.libraryName).so"]
+        let result: ProcessResult
+        do {
+            result = try await runProcess(toolchain.path, arguments)
+        } catch {
+            throw .noCompiler("cannot run \(toolchain.path): \(error)")
+        }
+        guard result.status == 0 else {
+            try? FileManager.default.removeItem(atPath: staging)
+            throw .failed(handler: "ApusSDK", source: sdk.root, output: result.output)
+        }
+        do {
+            try FileManager.default.moveItem(atPath: staging, toPath: build.directory)
+        } catch {
+            // Another apus built the same SDK at the same time: theirs is as good as ours.
+            try? FileManager.default.removeItem(atPath: staging)
+            guard FileManager.default.fileExists(atPath: library) else { throw .io("cannot store \(build.directory): \(error)") }
+        }
+        logger.info("built the handler SDK", metadata: ["sdk.seconds": "\(String(format: "%.2f", seconds(since: started)))"])
+        return build
     }
 
     /// The cache key for a handler source as it is now.
     public func cacheKey(source: String) async throws(CompileError) -> String {
         let toolchain = try await resolveToolchain()
-        var hasher = SHA256()
-        hasher.update(data: Data(toolchain.version.utf8))
-        hasher.update(data: Data(flags.joined(separator: " ").utf8))
-        for file in sdk.swiftSources + ["\(sdk.abiIncludeDirectory)/apus_abi.h", "\(sdk.abiIncludeDirectory)/module.modulemap"] {
-            guard let contents = FileManager.default.contents(atPath: file) else { throw .io("cannot read SDK file \(file)") }
-            hasher.update(data: Data(URL(fileURLWithPath: file).lastPathComponent.utf8))
-            hasher.update(data: contents)
-        }
-        guard let contents = FileManager.default.contents(atPath: source) else { throw .io("cannot read handler source \(source)") }
-        hasher.update(data: contents)
-        return hasher.finalize().prefix(12).map { String(format: "%02x", $0) }.joined()
+        let sdkBuild = try await sdkLibrary()
+        return try hash(
+            [Data(toolchain.version.utf8), Data(handlerFlags.joined(separator: " ").utf8), Data(sdkBuild.key.utf8)],
+            files: [sdk.entrySource, source])
     }
 
     /// Builds a handler, or returns the cached library when nothing changed.
     public func compile(name: String, source: String) async throws(CompileError) -> CompiledHandler {
         let started = ContinuousClock.now
         let toolchain = try await resolveToolchain()
+        let sdkBuild = try await sdkLibrary()
         let hash = try await cacheKey(source: source)
         let library = "\(configuration.cacheDirectory)/\(name)-\(hash).so"
-        func elapsed() -> Double {
-            let duration = ContinuousClock.now - started
-            return Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-        }
         if FileManager.default.fileExists(atPath: library) {
-            return CompiledHandler(name: name, source: source, libraryPath: library, hash: hash, fromCache: true, duration: elapsed())
-        }
-        do {
-            try FileManager.default.createDirectory(atPath: configuration.cacheDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw .io("cannot create handler cache \(configuration.cacheDirectory): \(error.localizedDescription)")
+            return CompiledHandler(name: name, source: source, libraryPath: library, hash: hash, fromCache: true, duration: seconds(since: started))
         }
         // Build under a temporary name and rename, so a crash never leaves a half-written library in the cache.
         let temporary = "\(configuration.cacheDirectory)/.\(name)-\(hash)-\(UUID().uuidString.prefix(8)).so"
-        let moduleName = "apus_handler_" + name.replacingOccurrences(of: "-", with: "_")
+        // A module name per build: two generations of one handler never share type names.
+        let moduleName = "apus_handler_\(name.replacingOccurrences(of: "-", with: "_"))_\(hash)"
         let arguments =
-            flags + ["-module-name", moduleName, "-I", sdk.abiIncludeDirectory] + sdk.swiftSources + [source, "-o", temporary]
+            handlerFlags + [
+                "-module-name", moduleName, "-I", sdkBuild.directory, "-I", sdk.abiIncludeDirectory,
+                "-L", sdkBuild.directory, "-l\(sdkBuild.libraryName)",
+                "-Xlinker", "-rpath", "-Xlinker", "$ORIGIN/sdk-\(sdkBuild.key)",
+                // The handler file needs no `import ApusSDK`: it holds only the user's code.
+                "-Xfrontend", "-import-module", "-Xfrontend", "ApusSDK",
+                sdk.entrySource, source, "-o", temporary,
+            ]
         logger.info("compiling handler", metadata: ["handler.name": "\(name)", "handler.source": "\(source)"])
         let result: ProcessResult
         do {
@@ -131,17 +209,21 @@ public actor HandlerCompiler {
         do {
             try FileManager.default.moveItem(atPath: temporary, toPath: library)
         } catch {
-            // Another apus built the same hash at the same time: theirs is as good as ours.
             try? FileManager.default.removeItem(atPath: temporary)
             guard FileManager.default.fileExists(atPath: library) else {
                 throw .io("cannot store \(library): \(error.localizedDescription)")
             }
         }
-        let compiled = CompiledHandler(name: name, source: source, libraryPath: library, hash: hash, fromCache: false, duration: elapsed())
+        let compiled = CompiledHandler(
+            name: name, source: source, libraryPath: library, hash: hash, fromCache: false, duration: seconds(since: started))
         logger.info(
             "compiled handler",
-            metadata: ["handler.name": "\(name)", "handler.seconds": "\(String(format: "%.2f", compiled.duration))"]
-        )
+            metadata: ["handler.name": "\(name)", "handler.seconds": "\(String(format: "%.2f", compiled.duration))"])
         return compiled
     }
+}
+
+func seconds(since start: ContinuousClock.Instant) -> Double {
+    let duration = ContinuousClock.now - start
+    return Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }

@@ -4,8 +4,8 @@ import Foundation
 /// working directory. The layout is the same in a checkout (`<repo>/Sources`)
 /// and in an install (`<prefix>/share/apus/sdk`):
 ///
-///     ApusSDK/*.swift               the SDK
-///     ApusSDK/Entry/*.swift         the C entry points, compiled with each handler
+///     ApusSDK/*.swift               the SDK, built once into a cached library
+///     ApusSDK/Entry/Exports.swift   the two C entry points, compiled with each handler
 ///     CApusABI/include/apus_abi.h   the ABI header and its module map
 public struct HandlerSDK: Sendable {
     /// The folder holding `ApusSDK/` and `CApusABI/`.
@@ -14,15 +14,18 @@ public struct HandlerSDK: Sendable {
     /// The environment variable that points at an SDK folder explicitly.
     public static let environmentKey = "APUS_SDK_DIR"
 
-    /// The SDK's Swift sources, the entry file last, sorted for a stable hash.
+    /// The SDK library's Swift sources, sorted for a stable hash.
     public var swiftSources: [String] {
         let sdk = "\(root)/ApusSDK"
-        let files = ((try? FileManager.default.contentsOfDirectory(atPath: sdk)) ?? [])
+        return ((try? FileManager.default.contentsOfDirectory(atPath: sdk)) ?? [])
             .filter { $0.hasSuffix(".swift") }.sorted().map { "\(sdk)/\($0)" }
-        let entries = ((try? FileManager.default.contentsOfDirectory(atPath: "\(sdk)/Entry")) ?? [])
-            .filter { $0.hasSuffix(".swift") }.sorted().map { "\(sdk)/Entry/\($0)" }
-        return files + entries
     }
+
+    /// The entry-point file compiled together with each handler.
+    public var entrySource: String { "\(root)/ApusSDK/Entry/Exports.swift" }
+
+    /// The ABI header and module map, part of every cache key.
+    public var abiFiles: [String] { ["\(abiIncludeDirectory)/apus_abi.h", "\(abiIncludeDirectory)/module.modulemap"] }
 
     /// The folder passed to the compiler with `-I` for `import CApusABI`.
     public var abiIncludeDirectory: String { "\(root)/CApusABI/include" }
@@ -54,7 +57,7 @@ public struct HandlerSDK: Sendable {
     }
 
     private static func isSDK(_ root: String) -> Bool {
-        FileManager.default.fileExists(atPath: "\(root)/ApusSDK/Entry/ModuleEntry.swift")
+        FileManager.default.fileExists(atPath: "\(root)/ApusSDK/Entry/Exports.swift")
             && FileManager.default.fileExists(atPath: "\(root)/CApusABI/include/apus_abi.h")
     }
 }

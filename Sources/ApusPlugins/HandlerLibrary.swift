@@ -170,6 +170,7 @@ public final class HandlerLibrary: Sendable {
         let headerSpans = request.headers.map { (add($0.name), add($0.value)) }
         let parameterSpans = request.parameters.map { (add($0.name), add($0.value)) }
         let onRequest = module.pointer.pointee.on_request!
+        let moduleContext = module.pointer.pointee.context
         let opaqueResponder = OpaquePointer(Unmanaged.passRetained(responder).toOpaque())
 
         arena.withUnsafeBufferPointer { bytes in
@@ -189,7 +190,7 @@ public final class HandlerLibrary: Sendable {
                         params: parameterBuffer.baseAddress, param_count: parameterBuffer.count,
                         body: body.baseAddress?.assumingMemoryBound(to: UInt8.self), body_length: body.count
                     )
-                    onRequest(&cRequest, opaqueResponder)
+                    onRequest(moduleContext, &cRequest, opaqueResponder)
                 }
             }
         }

@@ -18,14 +18,14 @@ public struct Handler: Sendable {
         case async = 2
     }
 
-    enum Body: Sendable {
+    @_spi(ApusEntry) public enum Body: Sendable {
         case sync(@Sendable (Request) throws -> Response)
         case async(@Sendable (Request) async throws -> Response)
     }
 
     /// Where this handler runs.
     public let kind: Kind
-    let body: Body
+    @_spi(ApusEntry) public let body: Body
 
     /// A handler run on the event loop. It must be fast and must not block.
     public static func inline(_ body: @escaping @Sendable (Request) throws -> Response) -> Handler {

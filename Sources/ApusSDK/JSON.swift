@@ -44,19 +44,19 @@ public protocol JSONWritable {
 }
 
 extension String: JSONWritable {
-    public func write(to writer: inout JSONWriter) { writer.appendString(self) }
+    @inlinable public func write(to writer: inout JSONWriter) { writer.appendString(self) }
 }
 extension Int: JSONWritable {
-    public func write(to writer: inout JSONWriter) { writer.appendInteger(self) }
+    @inlinable public func write(to writer: inout JSONWriter) { writer.appendInteger(self) }
 }
 extension Double: JSONWritable {
-    public func write(to writer: inout JSONWriter) { writer.appendDouble(self) }
+    @inlinable public func write(to writer: inout JSONWriter) { writer.appendDouble(self) }
 }
 extension Bool: JSONWritable {
-    public func write(to writer: inout JSONWriter) { writer.appendRaw(self ? "true" : "false") }
+    @inlinable public func write(to writer: inout JSONWriter) { writer.appendRaw(self ? "true" : "false") }
 }
 extension Optional: JSONWritable where Wrapped: JSONWritable {
-    public func write(to writer: inout JSONWriter) {
+    @inlinable public func write(to writer: inout JSONWriter) {
         if let value = self { value.write(to: &writer) } else { writer.appendRaw("null") }
     }
 }
@@ -84,16 +84,18 @@ extension JSON: JSONWritable {
 /// the shortest round-trip form, as both do for ordinary magnitudes.
 public struct JSONWriter: Sendable {
     /// The JSON text written so far.
-    public private(set) var bytes: [UInt8]
-    private var needsSeparator = false
+    public var bytes: [UInt8]
+    @usableFromInline var needsSeparator = false
 
     /// Creates a writer, reserving `capacity` bytes up front.
+    @inlinable
     public init(capacity: Int = 256) {
         bytes = []
         bytes.reserveCapacity(capacity)
     }
 
     /// Writes one value (at the top level or as an array element).
+    @inlinable
     public mutating func element(_ value: some JSONWritable) {
         separate()
         value.write(to: &self)
@@ -101,6 +103,7 @@ public struct JSONWriter: Sendable {
     }
 
     /// Writes `"key":value` inside an object.
+    @inlinable
     public mutating func field(_ key: String, _ value: some JSONWritable) {
         self.key(key)
         value.write(to: &self)
@@ -108,18 +111,21 @@ public struct JSONWriter: Sendable {
     }
 
     /// Writes `"key":{…}` inside an object.
+    @inlinable
     public mutating func field(_ key: String, object body: (inout JSONWriter) throws -> Void) rethrows {
         self.key(key)
         try object(body)
     }
 
     /// Writes `"key":[…]` inside an object.
+    @inlinable
     public mutating func field(_ key: String, array body: (inout JSONWriter) throws -> Void) rethrows {
         self.key(key)
         try array(body)
     }
 
     /// Writes an object; `body` writes its fields.
+    @inlinable
     public mutating func object(_ body: (inout JSONWriter) throws -> Void) rethrows {
         separate()
         bytes.append(UInt8(ascii: "{"))
@@ -130,6 +136,7 @@ public struct JSONWriter: Sendable {
     }
 
     /// Writes an array; `body` writes its elements.
+    @inlinable
     public mutating func array(_ body: (inout JSONWriter) throws -> Void) rethrows {
         separate()
         bytes.append(UInt8(ascii: "["))
@@ -139,24 +146,27 @@ public struct JSONWriter: Sendable {
         needsSeparator = true
     }
 
-    private mutating func key(_ key: String) {
+    @inlinable
+    mutating func key(_ key: String) {
         separate()
         appendString(key)
         bytes.append(UInt8(ascii: ":"))
         needsSeparator = false
     }
 
-    @inline(__always)
-    private mutating func separate() {
+    @inlinable @inline(__always)
+    mutating func separate() {
         if needsSeparator { bytes.append(UInt8(ascii: ",")) }
     }
 
     /// Appends text as it is; for literals such as `true`.
+    @inlinable
     public mutating func appendRaw(_ text: StaticString) {
         text.withUTF8Buffer { bytes.append(contentsOf: $0) }
     }
 
     /// Appends a decimal integer without going through `String`.
+    @inlinable
     public mutating func appendInteger(_ value: Int) {
         if value == 0 {
             bytes.append(UInt8(ascii: "0"))
@@ -174,6 +184,7 @@ public struct JSONWriter: Sendable {
 
     /// Appends a double in shortest round-trip form; NaN and infinities, which
     /// JSON cannot hold, become `null`.
+    @inlinable
     public mutating func appendDouble(_ value: Double) {
         guard value.isFinite else {
             appendRaw("null")
@@ -183,6 +194,7 @@ public struct JSONWriter: Sendable {
     }
 
     /// Appends a quoted, escaped string.
+    @inlinable
     public mutating func appendString(_ text: String) {
         bytes.append(UInt8(ascii: "\""))
         var text = text
@@ -202,10 +214,9 @@ public struct JSONWriter: Sendable {
                 case 0x08: appendRaw("\\b")
                 case 0x0C: appendRaw("\\f")
                 default:
-                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
-                    bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
-                    bytes.append(hex[Int(byte >> 4)])
-                    bytes.append(hex[Int(byte & 0xF)])
+                    appendRaw("\\u00")
+                    bytes.append(byte >> 4 < 10 ? UInt8(ascii: "0") + byte >> 4 : UInt8(ascii: "a") + byte >> 4 - 10)
+                    bytes.append(byte & 0xF < 10 ? UInt8(ascii: "0") + byte & 0xF : UInt8(ascii: "a") + (byte & 0xF) - 10)
                 }
             }
             bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<utf8.count]))

@@ -16,10 +16,11 @@ struct PluginTests {
         return folder
     }
 
+    /// One cache for the suite, so the SDK library is built once.
+    static let cache = FileManager.default.temporaryDirectory.appendingPathComponent("apus-plugin-cache-\(UUID().uuidString)").path
+
     static func compiler(_ folder: URL) -> HandlerCompiler {
-        HandlerCompiler(
-            configuration: .init(cacheDirectory: folder.appendingPathComponent("cache").path, optimize: false),
-            sdk: HandlerSDK(root: repoSources))
+        HandlerCompiler(configuration: .init(cacheDirectory: cache, optimize: false), sdk: HandlerSDK(root: repoSources))
     }
 
     static func write(_ text: String, to file: URL) throws {
@@ -85,7 +86,7 @@ struct PluginTests {
             #expect(error.description.contains("bad.swift:2:"))
             #expect(error.description.contains("nope"))
         }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.appendingPathComponent("cache").path).isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: Self.cache).allSatisfy { !$0.contains("bad-") })
     }
 
     @Test func thrownErrorsBecome500sAndAsyncHandlersComplete() async throws {
@@ -143,7 +144,7 @@ struct PluginTests {
         } catch {
             #expect(error.description.contains(path))
             #expect(error.description.contains("version 99"))
-            #expect(error.description.contains("version 1"))
+            #expect(error.description.contains("version 2"))
         }
     }
 
@@ -153,8 +154,8 @@ struct PluginTests {
             folder, name: "wrongsize",
             code: """
                 #include <apus_abi.h>
-                static void on_request(const apus_type_request *r, apus_type_responder *p) {}
-                static apus_type_module module = { sizeof(apus_type_module) + 8, APUS_ABI_VERSION, 0, on_request };
+                static void on_request(void *c, const apus_type_request *r, apus_type_responder *p) {}
+                static apus_type_module module = { sizeof(apus_type_module) + 8, APUS_ABI_VERSION, 0, 0, on_request };
                 uint32_t apus_on_abi_version(void) { return APUS_ABI_VERSION; }
                 const apus_type_module *apus_on_module_init(const apus_type_host *host) { return &module; }
                 """)
@@ -176,12 +177,12 @@ struct PluginTests {
             code: """
                 #include <apus_abi.h>
                 static const apus_type_host *host_table;
-                static void on_request(const apus_type_request *r, apus_type_responder *p) {
+                static void on_request(void *c, const apus_type_request *r, apus_type_responder *p) {
                     apus_type_header h = { { "content-type", 12 }, { "text/plain", 10 } };
                     apus_type_response resp = { sizeof(apus_type_response), 202, &h, 1, (const uint8_t *)r->path.data, r->path.length };
                     host_table->callback_respond(p, &resp);
                 }
-                static apus_type_module module = { sizeof(apus_type_module), APUS_ABI_VERSION, APUS_HANDLER_INLINE, on_request };
+                static apus_type_module module = { sizeof(apus_type_module), APUS_ABI_VERSION, APUS_HANDLER_INLINE, 0, on_request };
                 uint32_t apus_on_abi_version(void) { return APUS_ABI_VERSION; }
                 const apus_type_module *apus_on_module_init(const apus_type_host *host) { host_table = host; return &module; }
                 """)

@@ -31,7 +31,7 @@
 extern "C" {
 #endif
 
-#define APUS_ABI_VERSION 1u
+#define APUS_ABI_VERSION 2u
 
 /* A run of bytes, usually UTF-8 text; not NUL-terminated.
  * OWNERSHIP: borrowed; valid only for the call that handed it over. */
@@ -119,9 +119,12 @@ typedef struct apus_type_module {
     uint32_t struct_size;              /* sizeof(apus_type_module) */
     uint32_t abi_version;              /* APUS_ABI_VERSION the module was built with */
     uint32_t kind;                     /* an apus_type_handler_kind */
+    /* Opaque to the host, passed back on every call: lets one implementation
+     * (such as the Swift SDK's) serve many modules. */
+    void *context;
     /* Handles one request. The request is borrowed for the call; the responder
      * must reach callback_respond exactly once, now or later, from any thread. */
-    void (*on_request)(const apus_type_request *request, apus_type_responder *responder);
+    void (*on_request)(void *context, const apus_type_request *request, apus_type_responder *responder);
 } apus_type_module;
 
 /* Exported by every module, checked by the host before anything else is called. */

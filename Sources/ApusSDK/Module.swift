@@ -1,0 +1,161 @@
+import CApusABI
+
+/// The C side of a Swift handler module, shared by every handler: the gateway
+/// builds the SDK once into a library, and each handler's two entry points
+/// (`Entry/Exports.swift`, compiled with the handler file) hand their `handler`
+/// to `export`. Everything crossing the boundary is C; a thrown error becomes a
+/// 500, never a crash.
+@_spi(ApusEntry)
+public enum ApusModule {
+    /// The ABI version this SDK speaks.
+    public static var abiVersion: UInt32 { UInt32(APUS_ABI_VERSION) }
+
+    /// Describes `handler` to the host, or refuses a host of another ABI.
+    public static func export(_ handler: Handler, host: UnsafePointer<apus_type_host>?) -> UnsafePointer<apus_type_module>? {
+        guard let host,
+            host.pointee.struct_size == UInt32(MemoryLayout<apus_type_host>.size),
+            host.pointee.abi_version == UInt32(APUS_ABI_VERSION)
+        else { return nil }
+        let box = HandlerBox(handler: handler, host: host)
+        let module = UnsafeMutablePointer<apus_type_module>.allocate(capacity: 1)
+        module.initialize(
+            to: apus_type_module(
+                struct_size: UInt32(MemoryLayout<apus_type_module>.size),
+                abi_version: UInt32(APUS_ABI_VERSION),
+                kind: handler.kind.rawValue,
+                // The module lives for the process: the box is never released.
+                context: Unmanaged.passRetained(box).toOpaque(),
+                on_request: { context, request, responder in
+                    guard let context else { return }
+                    Unmanaged<HandlerBox>.fromOpaque(context).takeUnretainedValue()
+                        .handle(request, Responder(pointer: responder))
+                }
+            )
+        )
+        return UnsafePointer(module)
+    }
+}
+
+/// The host's per-request handle, carried across threads. The host makes it safe
+/// to complete from any thread; the SDK only passes it back, once.
+private struct Responder: @unchecked Sendable {
+    let pointer: OpaquePointer?
+}
+
+/// One handler and the host it answers through.
+private final class HandlerBox: @unchecked Sendable {
+    // Both immutable after init; the host table lives for the process.
+    let handler: Handler
+    let host: UnsafePointer<apus_type_host>
+
+    init(handler: Handler, host: UnsafePointer<apus_type_host>) {
+        self.handler = handler
+        self.host = host
+    }
+
+    func handle(_ cRequest: UnsafePointer<apus_type_request>?, _ responder: Responder) {
+        guard let cRequest, cRequest.pointee.struct_size == UInt32(MemoryLayout<apus_type_request>.size) else {
+            respond(responder, .json(status: 500) { $0.object { $0.field("error", "request ABI mismatch") } })
+            return
+        }
+        let request = Request(cRequest.pointee)
+        switch handler.body {
+        case .sync(let run):
+            let response: Response
+            do {
+                response = try run(request)
+            } catch {
+                response = failure(error, responder)
+            }
+            respond(responder, response)
+        case .async(let run):
+            Task {
+                let response: Response
+                do {
+                    response = try await run(request)
+                } catch {
+                    response = self.failure(error, responder)
+                }
+                self.respond(responder, response)
+            }
+        }
+    }
+
+    private func failure(_ error: any Error, _ responder: Responder) -> Response {
+        if !(error is HTTPError) {
+            log(responder, level: UInt32(APUS_LOG_ERROR.rawValue), "handler threw: \(error)")
+        }
+        return Response.failure(error)
+    }
+
+    private func log(_ responder: Responder, level: UInt32, _ message: String) {
+        var message = message
+        message.withUTF8 { utf8 in
+            utf8.withMemoryRebound(to: CChar.self) { chars in
+                host.pointee.callback_log(responder.pointer, level, apus_type_str(data: chars.baseAddress, length: chars.count))
+            }
+        }
+    }
+
+    /// Hands the response to the host. All header strings go into one arena so
+    /// that the header array can point into it for the duration of the call.
+    private func respond(_ responder: Responder, _ response: Response) {
+        var arena: [UInt8] = []
+        var spans: [(Int, Int, Int, Int)] = []
+        spans.reserveCapacity(response.headers.fields.count)
+        for field in response.headers.fields {
+            let nameStart = arena.count
+            arena.append(contentsOf: field.name.utf8)
+            let valueStart = arena.count
+            arena.append(contentsOf: field.value.utf8)
+            spans.append((nameStart, valueStart - nameStart, valueStart, arena.count - valueStart))
+        }
+        let status = UInt16(clamping: response.status)
+        arena.withUnsafeBufferPointer { arenaBytes in
+            let base = UnsafeRawPointer(arenaBytes.baseAddress)?.assumingMemoryBound(to: CChar.self)
+            let headers = spans.map { span in
+                apus_type_header(
+                    name: apus_type_str(data: base.map { $0 + span.0 }, length: span.1),
+                    value: apus_type_str(data: base.map { $0 + span.2 }, length: span.3)
+                )
+            }
+            headers.withUnsafeBufferPointer { headerBuffer in
+                response.body.withUnsafeBufferPointer { body in
+                    var cResponse = apus_type_response(
+                        struct_size: UInt32(MemoryLayout<apus_type_response>.size),
+                        status: status,
+                        headers: headerBuffer.baseAddress,
+                        header_count: headerBuffer.count,
+                        body: body.baseAddress,
+                        body_length: body.count
+                    )
+                    host.pointee.callback_respond(responder.pointer, &cResponse)
+                }
+            }
+        }
+    }
+}
+
+extension Request {
+    /// Copies a borrowed C request into Swift values.
+    fileprivate init(_ c: apus_type_request) {
+        func string(_ value: apus_type_str) -> String {
+            guard let data = value.data, value.length > 0 else { return "" }
+            return String(decoding: UnsafeRawBufferPointer(start: data, count: value.length), as: UTF8.self)
+        }
+        var headers: [(name: String, value: String)] = []
+        headers.reserveCapacity(c.header_count)
+        for index in 0..<c.header_count {
+            headers.append((string(c.headers[index].name), string(c.headers[index].value)))
+        }
+        var parameters: [String: String] = [:]
+        for index in 0..<c.param_count {
+            parameters[string(c.params[index].name)] = string(c.params[index].value)
+        }
+        let body: [UInt8] =
+            c.body_length > 0 && c.body != nil ? Array(UnsafeBufferPointer(start: c.body, count: c.body_length)) : []
+        self.init(
+            method: string(c.method), path: string(c.path), query: string(c.query), requestID: string(c.request_id),
+            remoteAddress: string(c.remote_address), headers: Headers(headers), pathParameters: parameters, body: body)
+    }
+}
