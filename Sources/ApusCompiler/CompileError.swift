@@ -17,7 +17,7 @@ public struct CompileError: Error, CustomStringConvertible, Sendable {
     static func failed(handler: String, source: String, output: String) -> CompileError {
         CompileError(code: .failed, description: "handler \"\(handler)\" (\(source)) failed to compile:\n\(output)")
     }
-    static func io(_ detail: String) -> CompileError {
+    public static func io(_ detail: String) -> CompileError {
         CompileError(code: .io, description: detail)
     }
 }

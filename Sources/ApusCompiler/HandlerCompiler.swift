@@ -18,6 +18,21 @@ public struct CompiledHandler: Sendable {
     public let fromCache: Bool
     /// Seconds spent (compiling, or checking the cache).
     public let duration: Double
+    /// The SDK library folder the handler links against (`$ORIGIN/sdk-<key>`).
+    public let sdkDirectory: String
+
+    /// Describes a built handler (the compiler and `PrebuiltHandlers` make these).
+    public init(
+        name: String, source: String, libraryPath: String, hash: String, fromCache: Bool, duration: Double, sdkDirectory: String
+    ) {
+        self.name = name
+        self.source = source
+        self.libraryPath = libraryPath
+        self.hash = hash
+        self.fromCache = fromCache
+        self.duration = duration
+        self.sdkDirectory = sdkDirectory
+    }
 }
 
 /// Compiles single-file handlers with the toolchain's `swiftc` into a cache keyed
@@ -180,7 +195,9 @@ public actor HandlerCompiler {
         let hash = try await cacheKey(source: source)
         let library = "\(configuration.cacheDirectory)/\(name)-\(hash).so"
         if FileManager.default.fileExists(atPath: library) {
-            return CompiledHandler(name: name, source: source, libraryPath: library, hash: hash, fromCache: true, duration: seconds(since: started))
+            return CompiledHandler(
+                name: name, source: source, libraryPath: library, hash: hash, fromCache: true, duration: seconds(since: started),
+                sdkDirectory: sdkBuild.directory)
         }
         // Build under a temporary name and rename, so a crash never leaves a half-written library in the cache.
         let temporary = "\(configuration.cacheDirectory)/.\(name)-\(hash)-\(UUID().uuidString.prefix(8)).so"
@@ -215,7 +232,8 @@ public actor HandlerCompiler {
             }
         }
         let compiled = CompiledHandler(
-            name: name, source: source, libraryPath: library, hash: hash, fromCache: false, duration: seconds(since: started))
+            name: name, source: source, libraryPath: library, hash: hash, fromCache: false, duration: seconds(since: started),
+            sdkDirectory: sdkBuild.directory)
         logger.info(
             "compiled handler",
             metadata: ["handler.name": "\(name)", "handler.seconds": "\(String(format: "%.2f", compiled.duration))"])

@@ -166,7 +166,7 @@ private struct ConfigReader {
 
         if let handlers = try table(root, "", "handlers") {
             let t = "handlers"
-            try checkKeys(handlers, table: t, allowed: ["sources", "cache", "optimize", "swiftc"])
+            try checkKeys(handlers, table: t, allowed: ["sources", "cache", "optimize", "swiftc", "prebuilt"])
             if let sources = handlers["sources"] {
                 let paths: [String]
                 if let single = sources.string {
@@ -181,6 +181,7 @@ private struct ConfigReader {
                     }
                     let files: [String]
                     if isDirectory.boolValue {
+                        config.handlers.sourceDirectories.append(path)
                         let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
                         files = names.filter { $0.hasSuffix(".swift") }.sorted().map { "\(path)/\($0)" }
                     } else {
@@ -200,6 +201,7 @@ private struct ConfigReader {
                 }
             }
             if let cache = try string(handlers, t, "cache") { config.handlers.cacheDirectory = resolve(cache) }
+            if let prebuilt = try string(handlers, t, "prebuilt") { config.handlers.prebuilt = resolve(prebuilt) }
             if let optimize = try bool(handlers, t, "optimize") { config.handlers.optimize = optimize }
             if let swiftc = try string(handlers, t, "swiftc") { config.handlers.swiftc = swiftc.contains("/") ? resolve(swiftc) : swiftc }
         }
@@ -222,7 +224,7 @@ private struct ConfigReader {
                 try checkKeys(route, table: t, allowed: ["match", "handler", "max_body_size"])
                 guard let match = try string(route, t, "match") else { throw error(t, nil, "missing key \"match\" (e.g. match = \"GET /quote/{symbol}\")") }
                 guard let handler = try string(route, t, "handler") else { throw error(t, nil, "missing key \"handler\"") }
-                guard config.handlers.sources[handler] != nil else {
+                guard config.handlers.sources[handler] != nil || config.handlers.prebuilt != nil else {
                     let known = config.handlers.sources.keys.sorted().joined(separator: ", ")
                     throw error(t, "handler", "no handler named \"\(handler)\" (known: \(known.isEmpty ? "none; set [handlers] sources" : known))")
                 }

@@ -98,6 +98,10 @@ public struct GatewayConfig: Sendable {
     public struct Handlers: Sendable {
         /// Handler source files by handler name (the file name without `.swift`).
         public var sources: [String: String] = [:]
+        /// The folders named in `sources` (where `apus new handler` writes, what `--dev` watches).
+        public var sourceDirectories: [String] = []
+        /// A folder of handlers built by `apus build`; when set, nothing is compiled.
+        public var prebuilt: String?
         /// Where compiled handlers are cached.
         public var cacheDirectory: String = ".apus-cache"
         /// Compile with `-O` (true) or `-Onone` (false, faster to build).

@@ -107,6 +107,16 @@ public final class HandlerLibrary: Sendable {
     /// Loads and checks a handler library: ABI version first, then the module's
     /// struct sizes, before any handler code runs.
     public static func load(path: String, name: String) throws(PluginError) -> HandlerLibrary {
+        // dlopen hands back the same image for the same path; initialise it once.
+        if let loaded = loadedLibraries.withLock({ $0[path] }) { return loaded }
+        let library = try open(path: path, name: name)
+        loadedLibraries.withLock { $0[path] = library }
+        return library
+    }
+
+    private static let loadedLibraries = Mutex<[String: HandlerLibrary]>([:])
+
+    private static func open(path: String, name: String) throws(PluginError) -> HandlerLibrary {
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
             throw .open(path, dlerror().map { String(cString: $0) } ?? "unknown dlopen error")
         }

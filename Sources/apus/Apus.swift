@@ -1,4 +1,6 @@
+import ApusConfig
 import ArgumentParser
+import Foundation
 
 /// The `apus` command line.
 @main
@@ -10,11 +12,14 @@ struct Apus: AsyncParsableCommand {
             Apus serves the routes a config file marks native from compiled Swift handlers \
             and forwards everything else to your Python ASGI/WSGI server over a Unix socket.
 
+              apus new handler quote              scaffold handlers/quote.swift, ready to edit
               apus serve --config gateway.conf    compile handlers (cached), start the backend, serve
+              apus serve --dev                    ... and recompile + hot-swap handlers on save
               apus check --config gateway.conf    validate the config, compile handlers, list routes
+              apus build --output prebuilt        compile handlers ahead of time for a toolchain-free image
             """,
         version: "0.1.0",
-        subcommands: [Serve.self, Check.self]
+        subcommands: [Serve.self, Check.self, New.self, Build.self]
     )
 }
 
@@ -25,4 +30,14 @@ struct ConfigOptions: ParsableArguments {
 
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
+
+    @Option(name: .long, help: "Serve handlers prebuilt by `apus build` from this folder; nothing is compiled.")
+    var prebuilt: String?
+
+    /// Loads the config and applies command-line overrides.
+    func load() throws -> GatewayConfig {
+        var config = try GatewayConfig.load(file: self.config)
+        if let prebuilt { config.handlers.prebuilt = URL(fileURLWithPath: prebuilt).standardizedFileURL.path }
+        return config
+    }
 }

@@ -40,7 +40,7 @@ struct Check: AsyncParsableCommand {
     func run() async throws {
         let logger = bootstrapLogging(options.logLevel == "info" ? "warning" : options.logLevel)
         do {
-            let config = try GatewayConfig.load(file: options.config)
+            let config = try options.load()
             let result = try await GatewayBuilder(config: config, logger: logger).build()
             print("config \(config.file): OK")
             print("listen: \((config.server.listen.map { "http://\($0)" } + config.server.tls.map { "https://\($0.listen)" }).joined(separator: ", "))")
@@ -80,7 +80,7 @@ struct Serve: AsyncParsableCommand {
         let config: GatewayConfig
         let built: GatewayBuilder.Result
         do {
-            config = try GatewayConfig.load(file: options.config)
+            config = try options.load()
             built = try await GatewayBuilder(config: config, logger: logger).build()
         } catch {
             throw fail(error)

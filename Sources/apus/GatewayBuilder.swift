@@ -11,6 +11,8 @@ import Logging
 struct GatewayBuilder {
     let config: GatewayConfig
     let logger: Logger
+    /// Build every handler in `sources`, not only those a route uses (for `apus build`).
+    var compileAll = false
 
     /// A handler as built and loaded, for listings.
     struct LoadedHandler {
@@ -44,36 +46,20 @@ struct GatewayBuilder {
             }
         }
         let used = Set(config.routes.map(\.handler))
-        for name in config.handlers.sources.keys.sorted() where !used.contains(name) {
+        for name in config.handlers.sources.keys.sorted() where !used.contains(name) && !compileAll {
             logger.notice("handler has no route; not compiled", metadata: ["handler.name": "\(name)"])
         }
 
         var handlers: [String: LoadedHandler] = [:]
-        if !used.isEmpty {
-            let sdk = try HandlerSDK.locate()
-            let compiler = HandlerCompiler(
-                configuration: .init(
-                    cacheDirectory: config.handlers.cacheDirectory, optimize: config.handlers.optimize, swiftc: config.handlers.swiftc),
-                sdk: sdk, logger: logger)
-            let sources = config.handlers.sources
-            let compiled = try await withThrowingTaskGroup(of: CompiledHandler.self) { group in
-                for name in used.sorted() {
-                    group.addTask { try await compiler.compile(name: name, source: sources[name]!) }
-                }
-                var all: [CompiledHandler] = []
-                for try await handler in group { all.append(handler) }
-                return all
-            }
-            for handler in compiled {
-                let library = try HandlerLibrary.load(path: handler.libraryPath, name: handler.name)
-                handlers[handler.name] = LoadedHandler(compiled: handler, library: library)
-                logger.info(
-                    "handler loaded",
-                    metadata: [
-                        "handler.name": "\(handler.name)", "handler.kind": "\(library.kind.rawValue)",
-                        "handler.cached": "\(handler.fromCache)", "handler.hash": "\(handler.hash)",
-                    ])
-            }
+        for handler in try await artifacts(for: compileAll ? Set(config.handlers.sources.keys) : used) {
+            let library = try HandlerLibrary.load(path: handler.libraryPath, name: handler.name)
+            handlers[handler.name] = LoadedHandler(compiled: handler, library: library)
+            logger.debug(
+                "handler loaded",
+                metadata: [
+                    "handler.name": "\(handler.name)", "handler.kind": "\(library.kind.rawValue)",
+                    "handler.cached": "\(handler.fromCache)", "handler.hash": "\(handler.hash)",
+                ])
         }
 
         var entries: [(pattern: RoutePattern, target: NativeRoute)] = []
@@ -88,5 +74,36 @@ struct GatewayBuilder {
             throw ConfigError(file: config.file, line: line, key: "route.match", message: error.description)
         }
         return Result(router: Router(table: table), handlers: handlers, certificates: certificates)
+    }
+
+    /// Compiles (or takes from the cache, or from the prebuilt folder) the named handlers.
+    private func artifacts(for names: Set<String>) async throws -> [CompiledHandler] {
+        guard !names.isEmpty else { return [] }
+        if let prebuiltDirectory = config.handlers.prebuilt {
+            let prebuilt = try PrebuiltHandlers(directory: prebuiltDirectory)
+            return try names.sorted().map { name in
+                guard let entry = prebuilt.handlers[name] else {
+                    let known = prebuilt.handlers.keys.sorted().joined(separator: ", ")
+                    throw CompileError.io("handler \"\(name)\" is not in the prebuilt folder \(prebuiltDirectory) (it has: \(known))")
+                }
+                return CompiledHandler(
+                    name: name, source: entry.source, libraryPath: entry.library, hash: entry.hash, fromCache: true, duration: 0,
+                    sdkDirectory: prebuiltDirectory)
+            }
+        }
+        let sdk = try HandlerSDK.locate()
+        let compiler = HandlerCompiler(
+            configuration: .init(
+                cacheDirectory: config.handlers.cacheDirectory, optimize: config.handlers.optimize, swiftc: config.handlers.swiftc),
+            sdk: sdk, logger: logger)
+        let sources = config.handlers.sources
+        return try await withThrowingTaskGroup(of: CompiledHandler.self) { group in
+            for name in names.sorted() {
+                group.addTask { try await compiler.compile(name: name, source: sources[name]!) }
+            }
+            var all: [CompiledHandler] = []
+            for try await handler in group { all.append(handler) }
+            return all.sorted { $0.name < $1.name }
+        }
     }
 }
