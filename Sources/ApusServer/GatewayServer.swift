@@ -7,7 +7,6 @@ import NIOExtras
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
-import UnixSignals
 
 /// The public listeners: binds them, serves until graceful shutdown, then stops
 /// accepting, lets in-flight requests finish up to `shutdown_timeout`, and closes
@@ -67,13 +66,17 @@ public final class GatewayServer: Service, Sendable {
     /// The addresses actually bound (port 0 resolved), once `run()` has bound them.
     public var boundAddresses: [SocketAddress] { bound.withLockedValue { $0 } }
 
-    /// Hands every event loop a new route snapshot; requests already routed keep the old one.
-    public func swapRouter(_ router: Router) {
+    /// Hands every event loop a new route snapshot and returns once all have it;
+    /// requests already routed finish with the handler they started on.
+    public func swapRouter(_ router: Router) async {
         for eventLoop in group.makeIterator() {
             guard let state = loops[ObjectIdentifier(eventLoop)] else { continue }
-            eventLoop.execute { state.value.router = router }
+            try? await eventLoop.submit { state.value.router = router }.get()
         }
     }
+
+    /// The certificate stores of the TLS listeners.
+    public var certificateStores: [TLSCertificateStore] { certificates }
 
     public func run() async throws {
         let quiesce = ServerQuiescingHelper(group: group)
@@ -145,22 +148,14 @@ public final class GatewayServer: Service, Sendable {
             throw ServerError.bindFailed("\(error)")
         }
 
-        // Certificates reload on SIGHUP and when their files change; a bad new set keeps the old one serving.
+        // Certificates reload when their files change (and on SIGHUP, through the CLI's reload);
+        // a bad new set keeps the old one serving.
         let reloader = Task { [certificates, logger] in
             guard !certificates.isEmpty else { return }
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for await _ in await UnixSignalsSequence(trapping: .sighup) {
-                        Self.reloadCertificates(certificates, logger: logger, reason: "SIGHUP")
-                    }
-                }
-                group.addTask {
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: .seconds(1))
-                        if certificates.contains(where: { $0.filesChanged() }) {
-                            Self.reloadCertificates(certificates, logger: logger, reason: "certificate files changed")
-                        }
-                    }
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                if certificates.contains(where: { $0.filesChanged() }) {
+                    Self.reloadCertificates(certificates, logger: logger, reason: "certificate files changed")
                 }
             }
         }
@@ -189,7 +184,15 @@ public final class GatewayServer: Service, Sendable {
         }
     }
 
-    private static func reloadCertificates(_ stores: [TLSCertificateStore], logger: Logger, reason: String) {
+    /// Reloads every listener's certificates; returns the errors (the old certificates keep serving where one failed).
+    @discardableResult
+    public func reloadCertificates(reason: String) -> [String] {
+        Self.reloadCertificates(certificates, logger: logger, reason: reason)
+    }
+
+    @discardableResult
+    private static func reloadCertificates(_ stores: [TLSCertificateStore], logger: Logger, reason: String) -> [String] {
+        var failures: [String] = []
         for store in stores {
             do {
                 try store.reload()
@@ -198,8 +201,10 @@ public final class GatewayServer: Service, Sendable {
                 logger.error(
                     "certificate reload failed; the previous certificates keep serving",
                     metadata: ["tls.listener": "\(store.listener.listen)", "error": "\(error)"])
+                failures.append("\(error)")
             }
         }
+        return failures
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -40,6 +41,21 @@ public final class BackendSupervisor: Service, Sendable {
     private let configuration: Configuration
     private let logger: Logger
     private let readinessChanged: @Sendable (Bool) -> Void
+    /// The running process (for restarts on request) and whether a restart was asked for.
+    private let current = Mutex<(pid: Int32?, restartRequested: Bool)>((nil, false))
+
+    /// Restarts the backend now (dev mode does this when Python files change):
+    /// SIGTERM to the running process, then an immediate start without backoff.
+    public func restart() {
+        let pid = current.withLock { state -> Int32? in
+            state.restartRequested = true
+            return state.pid
+        }
+        if let pid {
+            logger.info("restarting backend: source files changed", metadata: ["backend.pid": "\(pid)"])
+            kill(pid, SIGTERM)
+        }
+    }
 
     /// `readinessChanged` is called with true when the backend accepts connections,
     /// false when it exits.
@@ -53,7 +69,7 @@ public final class BackendSupervisor: Service, Sendable {
         var backoff = 0.5
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             let started = ContinuousClock.now
-            let process: Process
+            let process: ChildProcess
             do {
                 process = try launch()
             } catch {
@@ -62,10 +78,8 @@ public final class BackendSupervisor: Service, Sendable {
                 backoff = min(backoff * 2, 10)
                 continue
             }
-            let exit = ExitSignal()
-            process.terminationHandler = { exit.fire($0.terminationStatus) }
-            if !process.isRunning { exit.fire(process.terminationStatus) }
-            logger.info("backend started", metadata: ["backend.pid": "\(process.processIdentifier)"])
+            current.withLock { $0 = (process.pid, false) }
+            logger.info("backend started", metadata: ["backend.pid": "\(process.pid)"])
 
             let readiness = Task { [configuration, logger, readinessChanged] in
                 var deadline = ContinuousClock.now + .milliseconds(Int(configuration.readyTimeout * 1000))
@@ -84,7 +98,7 @@ public final class BackendSupervisor: Service, Sendable {
             }
 
             let status = await withGracefulShutdownHandler {
-                await exit.wait()
+                await process.wait()
             } onGracefulShutdown: { [configuration, logger] in
                 Self.stop(process, timeout: configuration.stopTimeout, logger: logger)
             }
@@ -93,6 +107,14 @@ public final class BackendSupervisor: Service, Sendable {
             if Task.isShuttingDownGracefully || Task.isCancelled {
                 logger.info("backend stopped", metadata: ["backend.status": "\(status)"])
                 return
+            }
+            let requested = current.withLock { state -> Bool in
+                defer { state = (nil, false) }
+                return state.restartRequested
+            }
+            if requested {
+                backoff = 0.5
+                continue
             }
             // Reset the backoff after a run that lasted; keep growing it for crash loops.
             if ContinuousClock.now - started > .seconds(30) { backoff = 0.5 }
@@ -109,29 +131,27 @@ public final class BackendSupervisor: Service, Sendable {
         return !Task.isShuttingDownGracefully && !Task.isCancelled
     }
 
-    private func launch() throws -> Process {
+    private func launch() throws -> ChildProcess {
         if case .unix(let path) = configuration.probe, FileManager.default.fileExists(atPath: path), !canConnect(configuration.probe) {
             // A socket file left by a backend that died: remove it, or the new one cannot bind.
             try? FileManager.default.removeItem(atPath: path)
         }
-        let process = Process()
         let program = configuration.command[0]
         let executable = program.contains("/") ? (program.hasPrefix("/") ? program : "\(configuration.directory)/\(program)") : findExecutable(program)
         guard let executable, FileManager.default.isExecutableFile(atPath: executable) else {
             throw SupervisorError(description: "backend program \"\(program)\" not found on PATH or in a .venv/bin above \(configuration.directory); activate the project's virtualenv or give a full path in [backend] command")
         }
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = Array(configuration.command.dropFirst())
-        process.currentDirectoryURL = URL(fileURLWithPath: configuration.directory)
-        process.environment = ProcessInfo.processInfo.environment.merging(configuration.environment) { $1 }
-        process.standardInput = FileHandle.nullDevice
         let stdout = Pipe()
         let stderr = Pipe()
-        process.standardOutput = stdout
-        process.standardError = stderr
+        let process = try ChildProcess.spawn(
+            executable: executable, arguments: Array(configuration.command.dropFirst()), directory: configuration.directory,
+            environment: ProcessInfo.processInfo.environment.merging(configuration.environment) { $1 },
+            stdout: stdout.fileHandleForWriting.fileDescriptor, stderr: stderr.fileHandleForWriting.fileDescriptor)
+        // The child has its copies; closing ours lets the readers see end-of-file when it exits.
+        try? stdout.fileHandleForWriting.close()
+        try? stderr.fileHandleForWriting.close()
         forward(stdout.fileHandleForReading, to: 1)
         forward(stderr.fileHandleForReading, to: 2)
-        try process.run()
         return process
     }
 
@@ -179,9 +199,9 @@ public final class BackendSupervisor: Service, Sendable {
     }
 
     /// SIGTERM, then SIGKILL if the process outlives `timeout`.
-    private static func stop(_ process: Process, timeout: Double, logger: Logger) {
+    private static func stop(_ process: ChildProcess, timeout: Double, logger: Logger) {
         guard process.isRunning else { return }
-        let pid = process.processIdentifier
+        let pid = process.pid
         logger.info("stopping backend", metadata: ["backend.pid": "\(pid)"])
         kill(pid, SIGTERM)
         Thread.detachNewThread {
@@ -190,40 +210,6 @@ public final class BackendSupervisor: Service, Sendable {
             if process.isRunning {
                 logger.warning("backend ignored SIGTERM; sending SIGKILL", metadata: ["backend.pid": "\(pid)"])
                 kill(pid, SIGKILL)
-            }
-        }
-    }
-}
-
-/// A one-shot signal carrying the exit status, awaited once.
-private final class ExitSignal: @unchecked Sendable {
-    // Guarded by `lock`.
-    private let lock = NSLock()
-    private var status: Int32?
-    private var waiter: CheckedContinuation<Int32, Never>?
-
-    func fire(_ value: Int32) {
-        lock.lock()
-        guard status == nil else {
-            lock.unlock()
-            return
-        }
-        status = value
-        let waiter = self.waiter
-        self.waiter = nil
-        lock.unlock()
-        waiter?.resume(returning: value)
-    }
-
-    func wait() async -> Int32 {
-        await withCheckedContinuation { continuation in
-            lock.lock()
-            if let status {
-                lock.unlock()
-                continuation.resume(returning: status)
-            } else {
-                waiter = continuation
-                lock.unlock()
             }
         }
     }

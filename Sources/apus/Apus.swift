@@ -17,9 +17,10 @@ struct Apus: AsyncParsableCommand {
               apus serve --dev                    ... and recompile + hot-swap handlers on save
               apus check --config gateway.conf    validate the config, compile handlers, list routes
               apus build --output prebuilt        compile handlers ahead of time for a toolchain-free image
+              apus reload --config gateway.conf   re-read config, handlers and certificates of a running gateway
             """,
         version: "0.1.0",
-        subcommands: [Serve.self, Check.self, New.self, Build.self]
+        subcommands: [Serve.self, Check.self, New.self, Build.self, Reload.self]
     )
 }
 

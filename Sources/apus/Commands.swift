@@ -10,6 +10,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import UnixSignals
 
 /// Prints a user-facing error and exits non-zero. Every expected failure (config,
 /// compile, load, bind) ends here with its own message, never a stack trace.
@@ -75,12 +76,18 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup var options: ConfigOptions
 
+    @Flag(help: "Watch handler sources and the config: recompile and hot-swap on save, restart the backend when its .py files change.")
+    var dev = false
+
+    @Flag(help: "With --dev: do not restart the supervised backend when Python files change.")
+    var noBackendRestart = false
+
     func run() async throws {
         let logger = bootstrapLogging(options.logLevel)
         let config: GatewayConfig
         let built: GatewayBuilder.Result
         do {
-            config = try options.load()
+            config = try GatewayReloader.loadConfig(options, dev: dev)
             built = try await GatewayBuilder(config: config, logger: logger).build()
         } catch {
             throw fail(error)
@@ -93,18 +100,20 @@ struct Serve: AsyncParsableCommand {
 
         let readiness = BackendReadiness(supervised: config.backend.command != nil)
         var services: [any Service] = []
+        var supervisor: BackendSupervisor?
         if let command = config.backend.command {
             let probe: ReadinessProbe
             switch config.backend.address {
             case .unix(let path): probe = .unix(path: path)
             case .tcp(let host, let port): probe = .tcp(host: host, port: port)
             }
-            services.append(
-                BackendSupervisor(
-                    configuration: .init(
-                        command: command, directory: config.backend.workingDirectory, environment: config.backend.environment,
-                        probe: probe, readyTimeout: config.backend.readyTimeout, stopTimeout: config.backend.stopTimeout),
-                    logger: logger, readinessChanged: { readiness.set($0) }))
+            let backend = BackendSupervisor(
+                configuration: .init(
+                    command: command, directory: config.backend.workingDirectory, environment: config.backend.environment,
+                    probe: probe, readyTimeout: config.backend.readyTimeout, stopTimeout: config.backend.stopTimeout),
+                logger: logger, readinessChanged: { readiness.set($0) })
+            supervisor = backend
+            services.append(backend)
         }
         let server: GatewayServer
         do {
@@ -117,15 +126,113 @@ struct Serve: AsyncParsableCommand {
         services.append(server)
         let serviceGroup = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let reloader = GatewayReloader(options: options, dev: dev, config: config, server: server, logger: logger)
+        try? FileManager.default.createDirectory(atPath: config.handlers.cacheDirectory, withIntermediateDirectories: true)
+        try? String(getpid()).write(toFile: GatewayReloader.pidFile(config), atomically: true, encoding: .utf8)
+        let hangups = Task {
+            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                await reloader.reload(reason: "SIGHUP")
+            }
+        }
+        let watching = dev ? try await startDevMode(config: config, reloader: reloader, supervisor: supervisor, logger: logger) : nil
+
         var failure: (any Error)?
         do {
             try await serviceGroup.run()
         } catch {
             failure = error
         }
+        hangups.cancel()
+        watching?.cancel()
+        try? FileManager.default.removeItem(atPath: GatewayReloader.pidFile(config))
         try? await group.shutdownGracefully()
         try? await threadPool.shutdownGracefully()
         if let failure { throw fail(failure) }
         logger.info("stopped")
     }
+
+    /// Watches handler folders and the config (and the backend's folder for .py files)
+    /// and reloads or restarts on each debounced save.
+    private func startDevMode(
+        config: GatewayConfig, reloader: GatewayReloader, supervisor: BackendSupervisor?, logger: Logger
+    ) async throws -> Task<Void, Never> {
+        let watcher: FileWatcher
+        do {
+            watcher = try FileWatcher()
+        } catch {
+            throw fail(error)
+        }
+        let folders = await reloader.watchedFolders
+        for folder in folders { watcher.watch(folder: folder) }
+        let restartBackend = supervisor != nil && !noBackendRestart
+        if restartBackend { watcher.watch(tree: config.backend.workingDirectory) }
+        logger.info(
+            "dev mode: watching handlers and config; compiling without optimisation",
+            metadata: ["dev.folders": "\(folders.joined(separator: ", "))", "dev.backend_restart": "\(restartBackend)"])
+        return Task {
+            for await batch in watcher.changes() {
+                var gatewayChanged = false
+                for path in batch.paths where await reloader.isGatewayFile(path) { gatewayChanged = true }
+                if gatewayChanged {
+                    let names = batch.paths.map { URL(fileURLWithPath: $0).lastPathComponent }.sorted().joined(separator: ", ")
+                    await reloader.reload(reason: "saved \(names)", since: batch.firstChange)
+                }
+                if restartBackend, batch.paths.contains(where: { $0.hasSuffix(".py") }) {
+                    supervisor?.restart()
+                }
+            }
+        }
+    }
+}
+
+struct Reload: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Reload a running `apus serve`: config, routes, handlers and certificates, with no failed requests.",
+        discussion: """
+            Checks the new config and compiles its handlers first; if anything is wrong it says why, exits non-zero             and the running gateway is not touched. Otherwise it signals the gateway (SIGHUP) and waits for it to             swap, printing the outcome.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "Seconds to wait for the gateway to report the reload.")
+    var timeout: Double = 120
+
+    func run() async throws {
+        let logger = bootstrapLogging(options.logLevel == "info" ? "warning" : options.logLevel)
+        let config: GatewayConfig
+        do {
+            config = try options.load()
+            _ = try await GatewayBuilder(config: config, logger: logger).build()
+        } catch {
+            throw fail(error)
+        }
+        let pidFile = GatewayReloader.pidFile(config)
+        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+            kill(pid, 0) == 0
+        else {
+            throw fail(ReloadError(description: "no running apus serve for \(config.file) (no live pid in \(pidFile))"))
+        }
+        let statusFile = GatewayReloader.statusFile(config)
+        func status() -> GatewayReloader.Outcome? {
+            FileManager.default.contents(atPath: statusFile).flatMap { try? JSONDecoder().decode(GatewayReloader.Outcome.self, from: $0) }
+        }
+        let before = status()?.sequence ?? 0
+        kill(pid, SIGHUP)
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        while ContinuousClock.now < deadline {
+            if let outcome = status(), outcome.sequence > before {
+                print(outcome.message)
+                if !outcome.ok { throw ExitCode(1) }
+                return
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw fail(ReloadError(description: "apus (pid \(pid)) did not report the reload within \(Int(timeout))s"))
+    }
+}
+
+/// `apus reload` could not reach or hear from the gateway.
+struct ReloadError: Error, CustomStringConvertible {
+    let description: String
 }
