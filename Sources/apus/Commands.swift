@@ -126,7 +126,7 @@ struct Serve: AsyncParsableCommand {
         services.append(server)
         let serviceGroup = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        let reloader = GatewayReloader(options: options, dev: dev, config: config, server: server, logger: logger)
+        let reloader = GatewayReloader(options: options, dev: dev, config: config, built: built, server: server, logger: logger)
         try? FileManager.default.createDirectory(atPath: config.handlers.cacheDirectory, withIntermediateDirectories: true)
         try? String(getpid()).write(toFile: GatewayReloader.pidFile(config), atomically: true, encoding: .utf8)
         let hangups = Task {
@@ -217,11 +217,11 @@ struct Reload: AsyncParsableCommand {
         func status() -> GatewayReloader.Outcome? {
             FileManager.default.contents(atPath: statusFile).flatMap { try? JSONDecoder().decode(GatewayReloader.Outcome.self, from: $0) }
         }
-        let before = status()?.sequence ?? 0
+        let sent = Date().timeIntervalSince1970
         kill(pid, SIGHUP)
         let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         while ContinuousClock.now < deadline {
-            if let outcome = status(), outcome.sequence > before {
+            if let outcome = status(), outcome.pid == pid, outcome.finishedAt >= sent {
                 print(outcome.message)
                 if !outcome.ok { throw ExitCode(1) }
                 return

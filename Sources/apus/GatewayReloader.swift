@@ -11,7 +11,9 @@ import Logging
 actor GatewayReloader {
     /// What a reload did.
     struct Outcome: Codable, Sendable {
-        var sequence: Int
+        var pid: Int32
+        /// Seconds since 1970 when the reload finished.
+        var finishedAt: Double
         var ok: Bool
         var message: String
     }
@@ -21,9 +23,11 @@ actor GatewayReloader {
     private let server: GatewayServer
     private let logger: Logger
     private var config: GatewayConfig
-    private var sequence = 0
+    /// Build hash of each handler serving now, to tell which ones a reload replaced.
+    private var serving: [String: String]
 
-    init(options: ConfigOptions, dev: Bool, config: GatewayConfig, server: GatewayServer, logger: Logger) {
+    init(options: ConfigOptions, dev: Bool, config: GatewayConfig, built: GatewayBuilder.Result, server: GatewayServer, logger: Logger) {
+        self.serving = built.handlers.mapValues(\.compiled.hash)
         self.options = options
         self.dev = dev
         self.config = config
@@ -58,7 +62,6 @@ actor GatewayReloader {
     /// Rebuilds and swaps; `since` is when the change that caused it happened.
     @discardableResult
     func reload(reason: String, since: ContinuousClock.Instant = .now) async -> Outcome {
-        sequence += 1
         let newConfig: GatewayConfig
         do {
             newConfig = try Self.loadConfig(options, dev: dev)
@@ -75,10 +78,13 @@ actor GatewayReloader {
         await server.swapRouter(result.router)
         let restartNeeded = restartOnlyChanges(from: config, to: newConfig)
         config = newConfig
-        let compiled = result.handlers.values.filter { !$0.compiled.fromCache }.sorted { $0.compiled.name < $1.compiled.name }
+        let replaced = result.handlers.values.map(\.compiled).filter { serving[$0.name] != $0.hash }.sorted { $0.name < $1.name }
+        serving = result.handlers.mapValues(\.compiled.hash)
         var message = "routes reloaded (\(reason)): \(newConfig.routes.count) native route(s)"
-        if !compiled.isEmpty {
-            message += "; compiled " + compiled.map { "\($0.compiled.name) in \(String(format: "%.2f", $0.compiled.duration))s" }.joined(separator: ", ")
+        if !replaced.isEmpty {
+            message += "; new builds: " + replaced.map { handler in
+                handler.fromCache ? "\(handler.name) (cached)" : "\(handler.name) (compiled in \(String(format: "%.2f", handler.duration))s)"
+            }.joined(separator: ", ")
         }
         message += "; new code serving \(String(format: "%.2f", seconds(since: since)))s after the change"
         if !restartNeeded.isEmpty {
@@ -96,7 +102,7 @@ actor GatewayReloader {
         } else {
             logger.error("\(message)")
         }
-        let outcome = Outcome(sequence: sequence, ok: ok, message: message)
+        let outcome = Outcome(pid: getpid(), finishedAt: Date().timeIntervalSince1970, ok: ok, message: message)
         // `apus reload` waits for this file to learn how its SIGHUP went.
         if let data = try? JSONEncoder().encode(outcome) {
             try? data.write(to: URL(fileURLWithPath: Self.statusFile(config)), options: .atomic)
@@ -116,10 +122,18 @@ actor GatewayReloader {
         return sections
     }
 
-    /// Where a running `apus serve` keeps its pid, for `apus reload`.
-    static func pidFile(_ config: GatewayConfig) -> String { "\(config.handlers.cacheDirectory)/apus.pid" }
+    /// Where a running `apus serve` keeps its pid, for `apus reload`: one file per
+    /// config file, in its cache folder (which several configs may share).
+    static func pidFile(_ config: GatewayConfig) -> String { "\(config.handlers.cacheDirectory)/apus-\(configTag(config)).pid" }
     /// Where it reports the outcome of each reload.
-    static func statusFile(_ config: GatewayConfig) -> String { "\(config.handlers.cacheDirectory)/apus.reload.json" }
+    static func statusFile(_ config: GatewayConfig) -> String { "\(config.handlers.cacheDirectory)/apus-\(configTag(config)).reload.json" }
+
+    /// A short stable tag for the config file's absolute path (FNV-1a).
+    private static func configTag(_ config: GatewayConfig) -> String {
+        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+        for byte in URL(fileURLWithPath: config.file).standardizedFileURL.path.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01B3 }
+        return String(hash, radix: 16)
+    }
 }
 
 func seconds(since start: ContinuousClock.Instant) -> Double {
