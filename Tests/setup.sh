@@ -10,7 +10,8 @@ if command -v apt-get >/dev/null; then
     $SUDO apt-get update -qq
     # curl, h2load (nghttp2-client) and headless chromium: real clients in the tests;
     # procps: pgrep in tests; gcc: C handlers in the ABI tests.
-    $SUDO apt-get install -y -qq curl procps gcc nghttp2-client chromium >/dev/null
+    # libsqlite3-dev: the package-handler example links SQLite.
+    $SUDO apt-get install -y -qq curl procps gcc nghttp2-client chromium libsqlite3-dev >/dev/null
 fi
 
 python3 -m venv .venv

@@ -68,9 +68,9 @@ public actor HandlerCompiler {
         var libraryName: String { "ApusSDK_\(key)" }
     }
 
-    private let configuration: Configuration
-    private let sdk: HandlerSDK
-    private let logger: Logger
+    let configuration: Configuration
+    let sdk: HandlerSDK
+    let logger: Logger
     private var toolchain: (path: String, version: String)?
     private var sdkBuild: Task<SDKBuild, any Error>?
 
@@ -81,7 +81,7 @@ public actor HandlerCompiler {
     }
 
     /// The compiler's path and `--version` line, found once.
-    private func resolveToolchain() async throws(CompileError) -> (path: String, version: String) {
+    func resolveToolchain() async throws(CompileError) -> (path: String, version: String) {
         if let toolchain { return toolchain }
         let path: String
         if let configured = configuration.swiftc {
@@ -108,7 +108,7 @@ public actor HandlerCompiler {
 
     private var handlerFlags: [String] { Self.commonFlags + [configuration.optimize ? "-O" : "-Onone"] }
 
-    private func hash(_ parts: [Data], files: [String]) throws(CompileError) -> String {
+    func hash(_ parts: [Data], files: [String]) throws(CompileError) -> String {
         var hasher = SHA256()
         for part in parts { hasher.update(data: part) }
         for file in files {
@@ -120,7 +120,7 @@ public actor HandlerCompiler {
     }
 
     /// Builds the SDK library once (per toolchain and SDK contents); concurrent callers share the build.
-    private func sdkLibrary() async throws(CompileError) -> SDKBuild {
+    func sdkLibrary() async throws(CompileError) -> SDKBuild {
         if let sdkBuild {
             do {
                 return try await sdkBuild.value
@@ -188,7 +188,9 @@ public actor HandlerCompiler {
     }
 
     /// Builds a handler, or returns the cached library when nothing changed.
+    /// `source` is a single `.swift` file or a package handler's folder.
     public func compile(name: String, source: String) async throws(CompileError) -> CompiledHandler {
+        if !source.hasSuffix(".swift") { return try await compilePackage(name: name, directory: source) }
         let started = ContinuousClock.now
         let toolchain = try await resolveToolchain()
         let sdkBuild = try await sdkLibrary()
@@ -238,6 +240,109 @@ public actor HandlerCompiler {
             "compiled handler",
             metadata: ["handler.name": "\(name)", "handler.seconds": "\(String(format: "%.2f", compiled.duration))"])
         return compiled
+    }
+}
+
+extension HandlerCompiler {
+    /// A package handler: a folder with its own Package.swift (for dependencies),
+    /// built with `swift build` into a dynamic library. Its Package.swift finds the
+    /// SDK package through the `APUS_SDK_PACKAGE` environment variable, which
+    /// points at a copy of the SDK sources the compiler keeps in the cache.
+    func compilePackage(name: String, directory: String) async throws(CompileError) -> CompiledHandler {
+        let started = ContinuousClock.now
+        let toolchain = try await resolveToolchain()
+        let sdkBuild = try await sdkLibrary()
+        let files = Self.packageFiles(directory)
+        let hash = try hash(
+            [Data(toolchain.version.utf8), Data("package".utf8), Data(sdkBuild.key.utf8)] + files.map { Data($0.utf8) }, files: files)
+        let library = "\(configuration.cacheDirectory)/\(name)-\(hash).so"
+        if FileManager.default.fileExists(atPath: library) {
+            return CompiledHandler(
+                name: name, source: directory, libraryPath: library, hash: hash, fromCache: true, duration: seconds(since: started),
+                sdkDirectory: sdkBuild.directory)
+        }
+        let sdkPackage = try sdkPackageFolder(key: sdkBuild.key)
+        let swift = URL(fileURLWithPath: toolchain.path).deletingLastPathComponent().appendingPathComponent("swift").path
+        let scratch = "\(configuration.cacheDirectory)/package-build-\(name)"
+        let product = name.replacingOccurrences(of: "-", with: "_")
+        logger.info("building package handler", metadata: ["handler.name": "\(name)", "handler.source": "\(directory)"])
+        let result: ProcessResult
+        do {
+            result = try await runProcess(
+                "/usr/bin/env",
+                ["APUS_SDK_PACKAGE=\(sdkPackage)", swift, "build", "-c", configuration.optimize ? "release" : "debug",
+                    "--product", product, "--package-path", directory, "--scratch-path", scratch])
+        } catch {
+            throw .noCompiler("cannot run \(swift) build: \(error)")
+        }
+        guard result.status == 0 else {
+            throw .failed(handler: name, source: directory, output: result.output.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        let built = "\(scratch)/\(configuration.optimize ? "release" : "debug")/lib\(product).so"
+        do {
+            let temporary = "\(configuration.cacheDirectory)/.\(name)-\(hash)-\(UUID().uuidString.prefix(8)).so"
+            try FileManager.default.copyItem(atPath: built, toPath: temporary)
+            try FileManager.default.moveItem(atPath: temporary, toPath: library)
+        } catch {
+            guard FileManager.default.fileExists(atPath: library) else {
+                throw .io("package \(directory) built, but \(built) could not be stored: \(error.localizedDescription) (does Package.swift declare .library(name: \"\(product)\", type: .dynamic, …)?)")
+            }
+        }
+        let compiled = CompiledHandler(
+            name: name, source: directory, libraryPath: library, hash: hash, fromCache: false, duration: seconds(since: started),
+            sdkDirectory: sdkBuild.directory)
+        logger.info("built package handler", metadata: ["handler.name": "\(name)", "handler.seconds": "\(String(format: "%.2f", compiled.duration))"])
+        return compiled
+    }
+
+    /// The files that make up a package's build, sorted; build products and hidden folders excluded.
+    static func packageFiles(_ directory: String) -> [String] {
+        var files: [String] = []
+        var pending = [directory]
+        while let folder = pending.popLast() {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [] where !name.hasPrefix(".") {
+                let path = "\(folder)/\(name)"
+                var isDirectory: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { continue }
+                if isDirectory.boolValue { pending.append(path) } else { files.append(path) }
+            }
+        }
+        return files.sorted()
+    }
+
+    /// A package wrapping the SDK sources, for package handlers to depend on.
+    private func sdkPackageFolder(key: String) throws(CompileError) -> String {
+        let folder = "\(configuration.cacheDirectory)/sdk-package-\(key)"
+        if FileManager.default.fileExists(atPath: "\(folder)/Package.swift") { return folder }
+        let staging = "\(configuration.cacheDirectory)/.sdk-package-\(key)-\(UUID().uuidString.prefix(8))"
+        do {
+            try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: "\(sdk.root)/ApusSDK", toPath: "\(staging)/ApusSDK")
+            try FileManager.default.copyItem(atPath: "\(sdk.root)/CApusABI", toPath: "\(staging)/CApusABI")
+            let manifest = """
+                // swift-tools-version:6.0
+                // Generated by apus: the handler SDK, for package handlers to depend on.
+                import PackageDescription
+
+                let package = Package(
+                    name: "apus-sdk",
+                    products: [.library(name: "ApusSDK", targets: ["ApusSDK", "CApusABI"])],
+                    targets: [
+                        .target(name: "CApusABI", path: "CApusABI"),
+                        .target(name: "ApusSDK", dependencies: ["CApusABI"], path: "ApusSDK", exclude: ["Entry"]),
+                    ]
+                )
+
+                """
+            try manifest.write(toFile: "\(staging)/Package.swift", atomically: true, encoding: .utf8)
+            try FileManager.default.moveItem(atPath: staging, toPath: folder)
+        } catch {
+            try? FileManager.default.removeItem(atPath: staging)
+            guard FileManager.default.fileExists(atPath: "\(folder)/Package.swift") else {
+                throw .io("cannot write the SDK package to \(folder): \(error.localizedDescription)")
+            }
+        }
+        return folder
     }
 }
 

@@ -183,13 +183,25 @@ private struct ConfigReader {
                     if isDirectory.boolValue {
                         config.handlers.sourceDirectories.append(path)
                         let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
-                        files = names.filter { $0.hasSuffix(".swift") }.sorted().map { "\(path)/\($0)" }
+                        // Single-file handlers, and package handlers: folders with their own Package.swift.
+                        files = names.filter { name in
+                            name.hasSuffix(".swift") || FileManager.default.fileExists(atPath: "\(path)/\(name)/Package.swift")
+                        }.sorted().map { "\(path)/\($0)" }
                     } else {
                         guard path.hasSuffix(".swift") else { throw error(t, "sources", "\(path) is not a .swift file") }
                         files = [path]
                     }
+                    if isDirectory.boolValue, FileManager.default.fileExists(atPath: "\(path)/Package.swift") {
+                        // `sources` naming one package handler's folder directly.
+                        config.handlers.sourceDirectories.removeLast()
+                        let name = URL(fileURLWithPath: path).lastPathComponent
+                        config.handlers.sources[name] = path
+                        continue
+                    }
                     for file in files {
-                        let name = String(URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent)
+                        let name = file.hasSuffix(".swift")
+                            ? String(URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent)
+                            : URL(fileURLWithPath: file).lastPathComponent
                         guard isValidHandlerName(name) else {
                             throw error(t, "sources", "handler file \(file): name must be lower-case letters, digits, _ or -, starting with a letter")
                         }

@@ -33,6 +33,9 @@ struct NewHandler: ParsableCommand {
     @Flag(help: "Append the [[route]] lines to the config file instead of printing them.")
     var addRoute = false
 
+    @Flag(help: "Write a package handler (a folder with its own Package.swift, for dependencies) instead of one file.")
+    var package = false
+
     func run() throws {
         guard isValidHandlerName(name) else {
             throw fail(NewHandlerError("\"\(name)\" is not a valid handler name: use lower-case letters, digits, _ or -, starting with a letter"))
@@ -50,13 +53,22 @@ struct NewHandler: ParsableCommand {
         } else {
             folder = "handlers"
         }
-        let file = "\(folder)/\(name).swift"
-        guard !FileManager.default.fileExists(atPath: file) else {
-            throw fail(NewHandlerError("\(file) already exists; not overwritten"))
+        let file = package ? "\(folder)/\(name)" : "\(folder)/\(name).swift"
+        guard !FileManager.default.fileExists(atPath: file), !FileManager.default.fileExists(atPath: package ? "\(file).swift" : "\(folder)/\(name)") else {
+            throw fail(NewHandlerError("\(file) (or a handler of the same name) already exists; not overwritten"))
         }
         do {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-            try Self.template(name: name).write(toFile: file, atomically: true, encoding: .utf8)
+            if package {
+                let product = name.replacingOccurrences(of: "-", with: "_")
+                let sources = "\(file)/Sources/\(product)"
+                try FileManager.default.createDirectory(atPath: sources, withIntermediateDirectories: true)
+                try Self.packageManifest(product: product).write(toFile: "\(file)/Package.swift", atomically: true, encoding: .utf8)
+                try ("import ApusSDK\n\n" + Self.template(name: name)).write(toFile: "\(sources)/\(product).swift", atomically: true, encoding: .utf8)
+                try Self.exports.write(toFile: "\(sources)/Exports.swift", atomically: true, encoding: .utf8)
+            } else {
+                try Self.template(name: name).write(toFile: file, atomically: true, encoding: .utf8)
+            }
         } catch {
             throw fail(NewHandlerError("cannot write \(file): \(error.localizedDescription)"))
         }
@@ -80,6 +92,46 @@ struct NewHandler: ParsableCommand {
             print("(no \(config) here: [handlers] sources = \"handlers\" makes the gateway compile this folder)")
         }
     }
+
+    static func packageManifest(product: String) -> String {
+        """
+        // swift-tools-version:6.0
+        // A package handler: add dependencies here. apus builds it with `swift build`
+        // and sets APUS_SDK_PACKAGE to the handler SDK; the product is a dynamic
+        // library named like the folder.
+        import PackageDescription
+
+        let sdk = Context.environment["APUS_SDK_PACKAGE"] ?? "APUS_SDK_PACKAGE is set by apus when it builds this package"
+
+        let package = Package(
+            name: "\(product)",
+            products: [.library(name: "\(product)", type: .dynamic, targets: ["\(product)"])],
+            dependencies: [.package(name: "apus-sdk", path: sdk)],
+            targets: [
+                .target(name: "\(product)", dependencies: [.product(name: "ApusSDK", package: "apus-sdk")]),
+            ]
+        )
+
+        """
+    }
+
+    static let exports = """
+        // The two C entry points every Apus handler library exports; leave as is.
+
+        @_spi(ApusEntry) import ApusSDK
+        import CApusABI
+
+        @_cdecl("apus_on_abi_version")
+        public func apus_on_abi_version() -> UInt32 {
+            ApusModule.abiVersion
+        }
+
+        @_cdecl("apus_on_module_init")
+        public func apus_on_module_init(_ host: UnsafePointer<apus_type_host>?) -> UnsafePointer<apus_type_module>? {
+            ApusModule.export(handler, host: host)
+        }
+
+        """
 
     static func template(name: String) -> String {
         """
