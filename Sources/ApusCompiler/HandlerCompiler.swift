@@ -1,3 +1,4 @@
+import CoreMetrics
 import Crypto
 import Foundation
 import Logging
@@ -221,8 +222,10 @@ public actor HandlerCompiler {
         } catch {
             throw .noCompiler("cannot run \(toolchain.path): \(error)")
         }
+        Timer(label: "apus_handler_compile_seconds", dimensions: [("handler", name)]).recordSeconds(seconds(since: started))
         guard result.status == 0 else {
             try? FileManager.default.removeItem(atPath: temporary)
+            Counter(label: "apus_handler_compile_failures_total", dimensions: [("handler", name)]).increment()
             throw .failed(handler: name, source: source, output: result.output.trimmingCharacters(in: .whitespacesAndNewlines))
         }
         do {
@@ -275,7 +278,9 @@ extension HandlerCompiler {
         } catch {
             throw .noCompiler("cannot run \(swift) build: \(error)")
         }
+        Timer(label: "apus_handler_compile_seconds", dimensions: [("handler", name)]).recordSeconds(seconds(since: started))
         guard result.status == 0 else {
+            Counter(label: "apus_handler_compile_failures_total", dimensions: [("handler", name)]).increment()
             throw .failed(handler: name, source: directory, output: result.output.trimmingCharacters(in: .whitespacesAndNewlines))
         }
         let built = "\(scratch)/\(configuration.optimize ? "release" : "debug")/lib\(product).so"

@@ -8,6 +8,8 @@ extension GatewayConfig {
         public static let listen = "APUS_LISTEN"
         /// Replaces `backend.address`.
         public static let backendAddress = "APUS_BACKEND_ADDRESS"
+        /// Replaces `admin.listen` (a pod's probes need it on the pod address).
+        public static let adminListen = "APUS_ADMIN_LISTEN"
     }
 
     /// Reads, validates and resolves a config file. Every problem is a `ConfigError`
@@ -68,7 +70,7 @@ private struct ConfigReader {
                 server, table: t,
                 allowed: ["listen", "workers", "shutdown_timeout", "keepalive_timeout", "trusted_proxies", "access_log",
                     "max_header_size", "max_body_size", "blocking_threads", "h2c", "max_concurrent_streams", "tls",
-                    "redirect_https", "hsts"])
+                    "redirect_https", "hsts", "start_traces"])
             if let listen = server["listen"] {
                 let texts: [String]
                 if let single = listen.string {
@@ -107,6 +109,7 @@ private struct ConfigReader {
             if let value = try bool(server, t, "h2c") { config.server.h2c = value }
             if let value = try int(server, t, "max_concurrent_streams", range: 1...10_000) { config.server.maxConcurrentStreams = value }
             if let value = try string(server, t, "hsts") { config.server.hsts = value }
+            if let value = try bool(server, t, "start_traces") { config.server.startTraces = value }
             if let redirect = server["redirect_https"] {
                 config.server.redirectHTTPS = try strings(redirect, t, "redirect_https").map { (text) throws(ConfigError) in
                     guard let spec = SocketAddressSpec(parsing: text) else { throw error(t, "redirect_https", "\"\(text)\" is not host:port") }
@@ -219,10 +222,17 @@ private struct ConfigReader {
         }
 
         if let admin = try table(root, "", "admin") {
-            // Served by the observability work; accepted and checked here so configs stay valid.
             try checkKeys(admin, table: "admin", allowed: ["listen"])
-            if let listen = try string(admin, "admin", "listen"), SocketAddressSpec(parsing: listen) == nil {
-                throw error("admin", "listen", "\"\(listen)\" is not host:port")
+            if let listen = try string(admin, "admin", "listen") {
+                if listen.hasPrefix("unix:") {
+                    guard listen.count > 5 else { throw error("admin", "listen", "unix: needs a path") }
+                    config.admin.listen = "unix:" + resolve(String(listen.dropFirst(5)))
+                } else {
+                    guard SocketAddressSpec(parsing: listen) != nil else {
+                        throw error("admin", "listen", "\"\(listen)\" is neither host:port nor unix:/path")
+                    }
+                    config.admin.listen = listen
+                }
             }
         }
 
@@ -304,6 +314,12 @@ private struct ConfigReader {
                 }
                 return spec
             }
+        }
+        if let admin = environment[GatewayConfig.EnvironmentKey.adminListen], !admin.isEmpty {
+            guard admin.hasPrefix("unix:") || SocketAddressSpec(parsing: admin) != nil else {
+                throw ConfigError(file: "environment", line: nil, key: GatewayConfig.EnvironmentKey.adminListen, message: "\"\(admin)\" is neither host:port nor unix:/path")
+            }
+            config.admin.listen = admin
         }
         if let address = environment[GatewayConfig.EnvironmentKey.backendAddress], !address.isEmpty {
             guard let parsed = BackendAddress(parsing: address) else {

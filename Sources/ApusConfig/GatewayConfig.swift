@@ -11,6 +11,14 @@ public struct GatewayConfig: Sendable {
     public var handlers: Handlers
     /// Native routes, in file order.
     public var routes: [Route]
+    /// The operator listener.
+    public var admin: Admin = Admin()
+
+    /// `[admin]`: metrics, health and the route table, never on a public listener.
+    public struct Admin: Sendable {
+        /// `host:port` or `unix:/path`; nil turns the admin listener off.
+        public var listen: String?
+    }
 
     /// `[server]`.
     public struct Server: Sendable {
@@ -42,6 +50,8 @@ public struct GatewayConfig: Sendable {
         public var redirectHTTPS: [SocketAddressSpec] = []
         /// `Strict-Transport-Security` value added to responses over TLS, if set.
         public var hsts: String?
+        /// Whether requests without a valid W3C `traceparent` get one before going to the backend.
+        public var startTraces: Bool = true
     }
 
     /// One `[[server.tls]]` listener.

@@ -1,4 +1,5 @@
 import CApusABI
+import CoreMetrics
 import Logging
 import Synchronization
 
@@ -111,6 +112,7 @@ public final class HandlerLibrary: Sendable {
         if let loaded = loadedLibraries.withLock({ $0[path] }) { return loaded }
         let library = try open(path: path, name: name)
         loadedLibraries.withLock { $0[path] = library }
+        Counter(label: "apus_handler_loads_total", dimensions: [("handler", name)]).increment()
         return library
     }
 
@@ -240,7 +242,12 @@ private final class HostTable: Sendable {
                     }
                     let responder = Unmanaged<NativeResponder>.fromOpaque(UnsafeRawPointer(responderPointer))
                         .takeUnretainedValue()
-                    responder.logger.log(level: logLevel(level), "\(text)", metadata: ["handler.name": "\(responder.handlerName)"])
+                    let level = logLevel(level)
+                    responder.logger.log(level: level, "\(text)", metadata: ["handler.name": "\(responder.handlerName)"])
+                    if level >= .error {
+                        // The SDK logs every error a handler throws (before answering 500) at error level.
+                        Counter(label: "apus_handler_errors_total", dimensions: [("handler", responder.handlerName)]).increment()
+                    }
                 }
             )
         )

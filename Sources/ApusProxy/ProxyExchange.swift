@@ -243,7 +243,10 @@ public final class ProxyExchange: UpstreamDelegate {
         let exchange = NIOLoopBound(self, eventLoop: pool.eventLoop)
         responseTimer = pool.eventLoop.scheduleTask(in: pool.settings.responseTimeout) {
             let exchange = exchange.value
-            if case .awaitingResponse = exchange.state { exchange.fail(.responseTimeout) }
+            if case .awaitingResponse = exchange.state {
+                UpstreamMetrics.responseTimeouts.increment()
+                exchange.fail(.responseTimeout)
+            }
         }
     }
 
@@ -261,6 +264,7 @@ public final class ProxyExchange: UpstreamDelegate {
                     exchange.scheduleIdleCheck()
                     return
                 }
+                UpstreamMetrics.idleTimeouts.increment()
                 exchange.fail(.idleTimeout)
             } else {
                 exchange.scheduleIdleCheck()

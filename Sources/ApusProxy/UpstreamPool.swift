@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import Synchronization
 import NIOCore
@@ -61,6 +62,19 @@ public enum UpstreamError: Error, Sendable, CustomStringConvertible {
     }
 }
 
+/// Backend pool metrics, shared by every loop's pool:
+/// `apus_upstream_connections` (open now), `apus_upstream_waits_total` (requests that
+/// queued for a connection at `max_connections`), `apus_upstream_connect_failures_total`,
+/// `apus_upstream_timeouts_total{phase}` (connect, response, idle).
+enum UpstreamMetrics {
+    static let connections = Meter(label: "apus_upstream_connections")
+    static let waits = Counter(label: "apus_upstream_waits_total")
+    static let connectFailures = Counter(label: "apus_upstream_connect_failures_total")
+    static let connectTimeouts = Counter(label: "apus_upstream_timeouts_total", dimensions: [("phase", "connect")])
+    static let responseTimeouts = Counter(label: "apus_upstream_timeouts_total", dimensions: [("phase", "response")])
+    static let idleTimeouts = Counter(label: "apus_upstream_timeouts_total", dimensions: [("phase", "idle")])
+}
+
 /// The keep-alive connections of one event loop to the backend.
 ///
 /// A pool belongs to one event loop and is only touched on it, so the data path
@@ -107,6 +121,7 @@ public final class UpstreamPool {
             return connect()
         }
         let promise = eventLoop.makePromise(of: UpstreamConnection.self)
+        UpstreamMetrics.waits.increment()
         waiters.append(promise)
         return promise.futureResult
     }
@@ -128,12 +143,17 @@ public final class UpstreamPool {
             .flatMapErrorThrowing { error in
                 pool.value.open -= 1
                 pool.value.serveNextWaiter()
-                if case ChannelError.connectTimeout = error { throw UpstreamError.connectTimeout }
+                if case ChannelError.connectTimeout = error {
+                    UpstreamMetrics.connectTimeouts.increment()
+                    throw UpstreamError.connectTimeout
+                }
+                UpstreamMetrics.connectFailures.increment()
                 throw UpstreamError.connectFailed("\(error)")
             }
             .flatMapThrowing { channel in
                 let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
                 let connection = UpstreamConnection(channel: channel, handler: handler)
+                UpstreamMetrics.connections.increment()
                 pool.value.logger.debug("backend connection opened", metadata: ["upstream.open": "\(pool.value.open)"])
                 channel.closeFuture.whenComplete { _ in pool.value.connectionClosed(connection) }
                 return connection
@@ -161,6 +181,7 @@ public final class UpstreamPool {
 
     private func connectionClosed(_ connection: UpstreamConnection) {
         open -= 1
+        UpstreamMetrics.connections.decrement()
         if let index = idle.firstIndex(where: { $0 === connection }) { idle.remove(at: index) }
         serveNextWaiter()
     }

@@ -23,6 +23,7 @@ public struct AccessLog: Sendable {
         var upstreamSeconds: Double?
         var kind: String
         var requestID: String
+        var traceID: String = ""
     }
 
     let format: AccessLogFormat
@@ -39,12 +40,14 @@ public struct AccessLog: Sendable {
         case .plain:
             line = "\(entry.client.isEmpty ? "-" : entry.client) \"\(entry.method) \(sanitized(entry.path)) \(entry.version)\" \(entry.status) \(entry.bytesOut) \(millis)ms \(entry.kind)"
             line += entry.upstreamSeconds.map { " upstream=\(formatMillis($0))ms" } ?? ""
-            line += " id=\(entry.requestID)\n"
+            line += " id=\(entry.requestID)"
+            line += entry.traceID.isEmpty ? "\n" : " trace=\(entry.traceID)\n"
         case .json:
             line = "{\"client\":\(quoted(entry.client)),\"method\":\(quoted(entry.method)),\"path\":\(quoted(entry.path)),"
             line += "\"version\":\(quoted(entry.version)),\"status\":\(entry.status),\"bytes_out\":\(entry.bytesOut),"
             line += "\"duration_ms\":\(millis),\"kind\":\(quoted(entry.kind)),"
             if let upstream = entry.upstreamSeconds { line += "\"upstream_ms\":\(formatMillis(upstream))," }
+            if !entry.traceID.isEmpty { line += "\"trace_id\":\(quoted(entry.traceID))," }
             line += "\"request_id\":\(quoted(entry.requestID))}\n"
         }
         var bytes = line

@@ -17,12 +17,15 @@ final class GatewayShared: Sendable {
     let scheme: String
     /// `Strict-Transport-Security` for responses on TLS listeners.
     let hsts: String?
+    /// Whether requests without a W3C `traceparent` get one.
+    let startTraces: Bool
 
     init(
         logger: Logger, accessLog: AccessLog, trustedProxies: [CIDR], threadPool: NIOThreadPool, readiness: BackendReadiness,
-        scheme: String, hsts: String?
+        scheme: String, hsts: String?, startTraces: Bool
     ) {
         self.hsts = hsts
+        self.startTraces = startTraces
         self.logger = logger
         self.accessLog = accessLog
         self.trustedProxies = trustedProxies
@@ -79,6 +82,11 @@ final class GatewayHandler: ChannelDuplexHandler {
         var bytesOut: Int = 0
         var requestEnded = false
         var upstreamSeconds: Double?
+        var bytesIn = 0
+        /// The native route's pattern, or "(backend)" for proxied requests: the metrics' route label.
+        var route = "(backend)"
+        /// The W3C trace id this request carries (kept, or started here).
+        var traceID = ""
     }
 
     private let loop: LoopState
@@ -189,9 +197,11 @@ final class GatewayHandler: ChannelDuplexHandler {
         } else {
             requestID = loop.makeRequestID()
         }
+        if info != nil { RequestMetrics.inFlight.decrement() }  // an unfinished request replaced (cannot happen with the pipeline handler)
         info = RequestInfo(
             method: head.method, uri: head.uri, version: head.version, requestID: requestID, started: .now(),
             keepAlive: head.isKeepAlive || head.version.major >= 2)
+        RequestMetrics.inFlight.increment()
 
         let uri = head.uri.utf8
         let queryStart = uri.firstIndex(of: UInt8(ascii: "?"))
@@ -212,6 +222,7 @@ final class GatewayHandler: ChannelDuplexHandler {
         let router = loop.router
         if !router.table.isEmpty, let match = router.table.match(method: head.method.rawValue, path: path) {
             info?.kind = "native"
+            info?.route = match.pattern.description
             let limit = match.target.maxBodyBytes
             if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limit {
                 reject(.payloadTooLarge, "request body is larger than this route's limit of \(limit) bytes", context: context)
@@ -238,7 +249,17 @@ final class GatewayHandler: ChannelDuplexHandler {
             state = .proxyPending(head)
             return
         }
-        let upstreamHead = makeUpstreamHead(head, requestID: info!.requestID, client: client)
+        var upstreamHead = makeUpstreamHead(head, requestID: info!.requestID, client: client)
+        if let traceparent = upstreamHead.headers.first(name: "traceparent"), let traceID = traceIDIfValid(traceparent) {
+            info?.traceID = traceID
+        } else if shared.startTraces {
+            // No valid trace context: start one, so the backend's spans and this access line share a trace id.
+            upstreamHead.headers.remove(name: "traceparent")
+            upstreamHead.headers.remove(name: "tracestate")
+            let traceparent = loop.makeTraceparent()
+            upstreamHead.headers.add(name: "traceparent", value: traceparent)
+            info?.traceID = String(traceparent.dropFirst(3).prefix(32))
+        }
         let hasBody =
             head.headers.contains(name: "transfer-encoding")
             || (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0
@@ -258,6 +279,7 @@ final class GatewayHandler: ChannelDuplexHandler {
     }
 
     private func requestBody(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
+        info?.bytesIn += buffer.readableBytes
         switch state {
         case .proxy(let exchange):
             exchange.requestBody(buffer)
@@ -430,14 +452,21 @@ final class GatewayHandler: ChannelDuplexHandler {
     /// `HTTPServerPipelineHandler` deliver the next pipelined request at once,
     /// re-entrantly, and that request must find the handler idle.
     private func finishResponse(context: ChannelHandlerContext, close: Bool, trailers: HTTPHeaders? = nil) {
-        if let info, shared.accessLog.isEnabled {
+        if let info {
             let elapsed = NIODeadline.now() - info.started
-            shared.accessLog.write(
-                .init(
-                    client: clientDescription, method: info.method.rawValue, path: info.uri,
-                    version: "HTTP/\(info.version.major).\(info.version.minor)", status: info.status,
-                    bytesOut: info.bytesOut, seconds: Double(elapsed.nanoseconds) / 1e9,
-                    upstreamSeconds: info.upstreamSeconds, kind: info.kind, requestID: info.requestID))
+            RequestMetrics.inFlight.decrement()
+            loop.metrics.record(
+                route: info.route, method: info.method.rawValue, status: info.status, kind: info.kind,
+                nanoseconds: elapsed.nanoseconds, upstreamNanoseconds: info.upstreamSeconds.map { Int64($0 * 1e9) },
+                bytesIn: info.bytesIn, bytesOut: info.bytesOut)
+            if shared.accessLog.isEnabled {
+                shared.accessLog.write(
+                    .init(
+                        client: clientDescription, method: info.method.rawValue, path: info.uri,
+                        version: "HTTP/\(info.version.major).\(info.version.minor)", status: info.status,
+                        bytesOut: info.bytesOut, seconds: Double(elapsed.nanoseconds) / 1e9,
+                        upstreamSeconds: info.upstreamSeconds, kind: info.kind, requestID: info.requestID, traceID: info.traceID))
+            }
         }
         // A closing connection drops whatever else the client sends.
         state = close ? .rejecting : .idle
@@ -452,6 +481,10 @@ final class GatewayHandler: ChannelDuplexHandler {
     }
 
     private func abandonRequest() {
+        if info != nil {
+            RequestMetrics.inFlight.decrement()
+            info = nil
+        }
         if case .proxy(let exchange) = state { exchange.cancel() }
         state = .idle
         generation += 1
@@ -546,4 +579,14 @@ private func isValidHeaderName(_ name: String) -> Bool {
 
 private func isValidHeaderValue(_ value: String) -> Bool {
     !value.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0x00 }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is well formed.
+func traceIDIfValid(_ value: String) -> String? {
+    let parts = value.split(separator: "-", omittingEmptySubsequences: false)
+    guard parts.count >= 4, parts[0].count == 2, parts[0] != "ff", parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
+        parts.allSatisfy({ $0.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } }),
+        parts[1] != String(repeating: "0", count: 32), parts[2] != String(repeating: "0", count: 16)
+    else { return nil }
+    return String(parts[1])
 }

@@ -32,10 +32,10 @@ public final class GatewayServer: Service, Sendable {
         self.certificates = certificates
         self.shared = GatewayShared(
             logger: logger, accessLog: AccessLog(format: config.server.accessLog), trustedProxies: config.server.trustedProxies,
-            threadPool: threadPool, readiness: readiness, scheme: "http", hsts: nil)
+            threadPool: threadPool, readiness: readiness, scheme: "http", hsts: nil, startTraces: config.server.startTraces)
         self.tlsShared = GatewayShared(
             logger: logger, accessLog: AccessLog(format: config.server.accessLog), trustedProxies: config.server.trustedProxies,
-            threadPool: threadPool, readiness: readiness, scheme: "https", hsts: config.server.hsts)
+            threadPool: threadPool, readiness: readiness, scheme: "https", hsts: config.server.hsts, startTraces: config.server.startTraces)
         let settings = UpstreamSettings(
             address: try Self.socketAddress(config.backend.address),
             connectTimeout: .seconds(config.backend.connectTimeout),
@@ -56,7 +56,8 @@ public final class GatewayServer: Service, Sendable {
         self.loops = loops
     }
 
-    static func socketAddress(_ address: BackendAddress) throws -> SocketAddress {
+    /// The socket address of a backend address.
+    public static func socketAddress(_ address: BackendAddress) throws -> SocketAddress {
         switch address {
         case .unix(let path): return try SocketAddress(unixDomainSocketPath: path)
         case .tcp(let host, let port): return try SocketAddress.makeAddressResolvingHost(host, port: port)

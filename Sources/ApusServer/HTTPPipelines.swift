@@ -30,6 +30,7 @@ enum HTTPPipelines {
             withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: settings.decoderLimits)
         try sync.addHandler(IdleStateHandler(readTimeout: settings.keepAliveTimeout))
+        try sync.addHandler(ConnectionMetricsHandler(http2: false))
         try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared))
     }
 
@@ -67,6 +68,7 @@ enum HTTPPipelines {
             }
         }
         try sync.addHandler(manager)
+        try sync.addHandler(ConnectionMetricsHandler(http2: true))
         // The manager starts its idle and grace timers on channelActive, which passed before
         // ALPN or the preface decided on HTTP/2; replay it to the manager alone (nothing follows it).
         if channel.isActive {

@@ -12,6 +12,8 @@ final class LoopState {
     let eventLoop: any EventLoop
     let pool: UpstreamPool
     var router: Router
+    /// This loop's cache of request metric objects.
+    let metrics = RequestMetrics()
     private var random: SplitMix64
     private var cachedDate: (second: Int, value: String) = (-1, "")
 
@@ -35,6 +37,15 @@ final class LoopState {
             }
             return 32
         }
+    }
+
+    /// A new W3C trace context: version 00, random trace and span ids, sampled.
+    func makeTraceparent() -> String {
+        func hex(_ value: UInt64) -> String {
+            let digits = String(value, radix: 16)
+            return String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        return "00-\(hex(random.next()))\(hex(random.next() | 1))-\(hex(random.next() | 1))-01"
     }
 
     /// The IMF-fixdate for now, formatted at most once a second.

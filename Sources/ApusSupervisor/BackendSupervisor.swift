@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -41,6 +42,9 @@ public final class BackendSupervisor: Service, Sendable {
     private let configuration: Configuration
     private let logger: Logger
     private let readinessChanged: @Sendable (Bool) -> Void
+    /// `apus_backend_restarts_total` and `apus_backend_up` (1 while it accepts connections).
+    private let restarts = Counter(label: "apus_backend_restarts_total")
+    private let up = Gauge(label: "apus_backend_up")
     /// The running process (for restarts on request) and whether a restart was asked for.
     private let current = Mutex<(pid: Int32?, restartRequested: Bool)>((nil, false))
 
@@ -62,7 +66,11 @@ public final class BackendSupervisor: Service, Sendable {
     public init(configuration: Configuration, logger: Logger, readinessChanged: @escaping @Sendable (Bool) -> Void) {
         self.configuration = configuration
         self.logger = logger
-        self.readinessChanged = readinessChanged
+        let up = self.up
+        self.readinessChanged = { ready in
+            up.record(ready ? 1 : 0)
+            readinessChanged(ready)
+        }
     }
 
     public func run() async throws {
@@ -112,6 +120,7 @@ public final class BackendSupervisor: Service, Sendable {
                 defer { state = (nil, false) }
                 return state.restartRequested
             }
+            restarts.increment()
             if requested {
                 backoff = 0.5
                 continue

@@ -7,6 +7,8 @@ import ApusSupervisor
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -84,6 +86,9 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         let logger = bootstrapLogging(options.logLevel)
+        // Only the executable bootstraps metrics: swift-metrics into a Prometheus registry the admin listener serves.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let config: GatewayConfig
         let built: GatewayBuilder.Result
         do {
@@ -124,9 +129,26 @@ struct Serve: AsyncParsableCommand {
         }
         // Services stop in reverse order: the server drains before the backend is stopped.
         services.append(server)
+        var adminState: AdminServer.AdminState?
+        if let listen = config.admin.listen {
+            do {
+                let state = AdminServer.AdminState(
+                    metricsText: {
+                        var text: [UInt8] = []
+                        registry.emit(into: &text)
+                        return text
+                    },
+                    readiness: readiness, backend: try GatewayServer.socketAddress(config.backend.address), router: built.router)
+                adminState = state
+                services.append(AdminServer(listen: listen, group: group, state: state, logger: logger))
+            } catch {
+                throw fail(error)
+            }
+        }
         let serviceGroup = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        let reloader = GatewayReloader(options: options, dev: dev, config: config, built: built, server: server, logger: logger)
+        let reloader = GatewayReloader(
+            options: options, dev: dev, config: config, built: built, server: server, admin: adminState, logger: logger)
         try? FileManager.default.createDirectory(atPath: config.handlers.cacheDirectory, withIntermediateDirectories: true)
         try? String(getpid()).write(toFile: GatewayReloader.pidFile(config), atomically: true, encoding: .utf8)
         let hangups = Task {

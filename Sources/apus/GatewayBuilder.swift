@@ -3,6 +3,7 @@ import ApusConfig
 import ApusPlugins
 import ApusRouting
 import ApusServer
+import Foundation
 import Logging
 
 /// Turns a config into a ready route snapshot: checks every route pattern,
@@ -62,6 +63,13 @@ struct GatewayBuilder {
                 ])
         }
 
+        let loadedAt = Date().timeIntervalSince1970
+        let descriptions = config.routes.map { route in
+            let handler = handlers[route.handler]!
+            return RouteDescription(
+                match: route.match, handler: route.handler, kind: handler.library.kind.rawValue, source: handler.compiled.source,
+                buildHash: handler.compiled.hash, loadedAt: loadedAt)
+        }
         var entries: [(pattern: RoutePattern, target: NativeRoute)] = []
         for (route, pattern) in zip(config.routes, patterns) {
             entries.append((pattern, NativeRoute(library: handlers[route.handler]!.library, maxBodyBytes: route.maxBodyBytes)))
@@ -73,7 +81,7 @@ struct GatewayBuilder {
             let line = config.routes.first { $0.match == error.second.description }?.line
             throw ConfigError(file: config.file, line: line, key: "route.match", message: error.description)
         }
-        return Result(router: Router(table: table), handlers: handlers, certificates: certificates)
+        return Result(router: Router(table: table, descriptions: descriptions), handlers: handlers, certificates: certificates)
     }
 
     /// Compiles (or takes from the cache, or from the prebuilt folder) the named handlers.

@@ -21,13 +21,18 @@ actor GatewayReloader {
     private let options: ConfigOptions
     private let dev: Bool
     private let server: GatewayServer
+    private let admin: AdminServer.AdminState?
     private let logger: Logger
     private var config: GatewayConfig
     /// Build hash of each handler serving now, to tell which ones a reload replaced.
     private var serving: [String: String]
 
-    init(options: ConfigOptions, dev: Bool, config: GatewayConfig, built: GatewayBuilder.Result, server: GatewayServer, logger: Logger) {
+    init(
+        options: ConfigOptions, dev: Bool, config: GatewayConfig, built: GatewayBuilder.Result, server: GatewayServer,
+        admin: AdminServer.AdminState?, logger: Logger
+    ) {
         self.serving = built.handlers.mapValues(\.compiled.hash)
+        self.admin = admin
         self.options = options
         self.dev = dev
         self.config = config
@@ -76,6 +81,7 @@ actor GatewayReloader {
         }
         let certificateFailures = await server.reloadCertificates(reason: reason)
         await server.swapRouter(result.router)
+        admin?.routerSwapped(result.router)
         let restartNeeded = restartOnlyChanges(from: config, to: newConfig)
         config = newConfig
         let replaced = result.handlers.values.map(\.compiled).filter { serving[$0.name] != $0.hash }.sorted { $0.name < $1.name }

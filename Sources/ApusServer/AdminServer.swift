@@ -1,0 +1,166 @@
+import ApusProxy
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import ServiceLifecycle
+
+/// The operator listener, separate from the public ones (loopback or a Unix
+/// socket, never a public listener):
+///
+/// - `GET /metrics`: Prometheus text from the metrics registry;
+/// - `GET /healthz`: 200 while the process serves;
+/// - `GET /readyz`: 200 when the backend accepts a connection and every route's
+///   handler is loaded, else 503 with the reason;
+/// - `GET /routes`: the native route table with each handler's source, build hash and load time.
+public final class AdminServer: Service, Sendable {
+    private let listen: String
+    private let group: any EventLoopGroup
+    private let state: AdminState
+    private let logger: Logger
+
+    /// What the admin endpoints read; the gateway updates the router on every swap.
+    public final class AdminState: Sendable {
+        let metricsText: @Sendable () -> [UInt8]
+        let readiness: BackendReadiness
+        let backend: SocketAddress
+        let router: NIOLockedValueBox<Router>
+
+        public init(metricsText: @escaping @Sendable () -> [UInt8], readiness: BackendReadiness, backend: SocketAddress, router: Router) {
+            self.metricsText = metricsText
+            self.readiness = readiness
+            self.backend = backend
+            self.router = NIOLockedValueBox(router)
+        }
+
+        /// Records the route snapshot now serving.
+        public func routerSwapped(_ router: Router) { self.router.withLockedValue { $0 = router } }
+    }
+
+    public init(listen: String, group: any EventLoopGroup, state: AdminState, logger: Logger) {
+        self.listen = listen
+        self.group = group
+        self.state = state
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let state = self.state
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(state: state))
+                }
+            }
+        let channel: any Channel
+        do {
+            if listen.hasPrefix("unix:") {
+                let path = String(listen.dropFirst(5))
+                try? FileManager.default.removeItem(atPath: path)
+                channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+            } else {
+                let spec = listen
+                let colon = spec.lastIndex(of: ":")!
+                let host = spec[..<colon].trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+                channel = try await bootstrap.bind(host: host, port: Int(spec[spec.index(after: colon)...])!).get()
+            }
+        } catch {
+            throw ServerError.bindFailed("admin listener \(listen): \(error)")
+        }
+        logger.info("admin listening", metadata: ["admin.address": "\(listen)"])
+        try? await gracefulShutdown()
+        try? await channel.close()
+    }
+}
+
+/// Answers the admin endpoints; one request at a time per connection.
+private final class AdminHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let state: AdminServer.AdminState
+    private var head: HTTPRequestHead?
+
+    init(state: AdminServer.AdminState) { self.state = state }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): self.head = head
+        case .body: break
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "/"
+            switch (head.method, path) {
+            case (.GET, "/metrics"), (.HEAD, "/metrics"):
+                respond(context, head, .ok, "text/plain; version=0.0.4; charset=utf-8", state.metricsText())
+            case (.GET, "/healthz"), (.HEAD, "/healthz"):
+                respond(context, head, .ok, "application/json", Array(#"{"status":"alive"}"#.utf8))
+            case (.GET, "/readyz"), (.HEAD, "/readyz"):
+                readiness(context, head)
+            case (.GET, "/routes"):
+                respond(context, head, .ok, "application/json", routesJSON())
+            default:
+                respond(context, head, .notFound, "application/json", Array(#"{"error":"not found; try /metrics, /healthz, /readyz, /routes"}"#.utf8))
+            }
+        }
+    }
+
+    /// Ready when the backend accepts a connection now and every route has its handler.
+    private func readiness(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
+        let router = state.router.withLockedValue { $0 }
+        let unloaded = router.descriptions.filter { $0.buildHash.isEmpty }.map(\.handler)
+        guard unloaded.isEmpty else {
+            respond(context, head, .serviceUnavailable, "application/json", Self.json(["status": "not ready", "reason": "handlers not loaded: \(unloaded.joined(separator: ", "))"]))
+            return
+        }
+        guard state.readiness.isReady else {
+            respond(context, head, .serviceUnavailable, "application/json", Self.json(["status": "not ready", "reason": "backend is starting"]))
+            return
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        ClientBootstrap(group: context.eventLoop).connectTimeout(TimeAmount.milliseconds(1000)).connect(to: state.backend).whenComplete { result in
+            let (handler, context) = bound.value
+            switch result {
+            case .success(let channel):
+                channel.close(promise: nil)
+                handler.respond(context, head, .ok, "application/json", Self.json(["status": "ready"]))
+            case .failure(let error):
+                handler.respond(
+                    context, head, .serviceUnavailable, "application/json",
+                    Self.json(["status": "not ready", "reason": "backend does not accept connections: \(error)"]))
+            }
+        }
+    }
+
+    private func routesJSON() -> [UInt8] {
+        let routes = state.router.withLockedValue { $0 }.descriptions.map { route -> [String: Any] in
+            ["match": route.match, "handler": route.handler, "kind": route.kind, "source": route.source, "build_hash": route.buildHash,
+             "loaded_at": ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: route.loadedAt))]
+        }
+        let data = (try? JSONSerialization.data(withJSONObject: ["routes": routes], options: [.sortedKeys])) ?? Data("{}".utf8)
+        return Array(data)
+    }
+
+    private static func json(_ object: [String: String]) -> [UInt8] {
+        Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8))
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus, _ type: String, _ body: [UInt8]) {
+        var headers = HTTPHeaders([("content-type", type), ("content-length", String(body.count))])
+        if !request.isKeepAlive { headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
+        if request.method != .HEAD {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+        }
+        let keepAlive = request.isKeepAlive
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive { bound.value.close(promise: nil) }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+"""The admin listener: Prometheus metrics, health, readiness, the route table; trace context."""
+
+import json
+import re
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import DEFAULT_ROUTES, free_port, wait_for
+
+
+def start_with_admin(gateway_factory, backend_address, **config):
+    admin = free_port()
+    routes = DEFAULT_ROUTES + f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+    gateway = gateway_factory(backend_address, routes=routes, **config)
+    gateway.admin = f"http://127.0.0.1:{admin}"
+    wait_for(lambda: httpx.get(f"{gateway.admin}/healthz").status_code == 200, 10, "admin listener")
+    return gateway
+
+
+def scrape(gateway):
+    samples = {}
+    for family in text_string_to_metric_families(httpx.get(f"{gateway.admin}/metrics").text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_counters_and_histograms_move_by_exactly_the_requests_sent(gateway_factory, uvicorn_backend):
+    gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}")
+    httpx.get(f"{gateway.url}/hello/warm")  # first proxied request opens the pool
+    before = scrape(gateway)
+    native_bytes = 0
+    with httpx.Client() as client:
+        for _ in range(7):
+            response = client.get(f"{gateway.url}/orderbook/ACME?n=5")
+            assert response.status_code == 200
+            native_bytes += len(response.content)
+        response = client.get(f"{gateway.url}/orderbook/lower")
+        assert response.status_code == 422
+        native_bytes += len(response.content)
+        for _ in range(5):
+            assert client.get(f"{gateway.url}/hello/x").status_code == 200
+        for _ in range(2):
+            assert client.get(f"{gateway.url}/missing").status_code == 404
+        assert client.post(f"{gateway.url}/upload", content=b"z" * 1000).status_code == 200
+        response = client.get(f"{gateway.url}/boom")
+        assert response.status_code == 500
+        native_bytes += len(response.content)
+    after = scrape(gateway)
+    book = "GET /orderbook/{symbol}"
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("apus_requests_total", route=book, method="GET", status="2xx", kind="native") == 7
+    assert delta("apus_requests_total", route=book, method="GET", status="4xx", kind="native") == 1
+    assert delta("apus_requests_total", route="(backend)", method="GET", status="2xx", kind="proxy") == 5
+    assert delta("apus_requests_total", route="(backend)", method="GET", status="4xx", kind="proxy") == 2
+    assert delta("apus_requests_total", route="(backend)", method="POST", status="2xx", kind="proxy") == 1
+    assert delta("apus_requests_total", route="GET /boom", method="GET", status="5xx", kind="native") == 1
+    assert delta("apus_request_duration_seconds_count", route=book, kind="native") == 8
+    assert delta("apus_request_duration_seconds_count", route="(backend)", kind="proxy") == 8
+    assert delta("apus_upstream_duration_seconds_count", route="(backend)") == 8
+    assert delta("apus_received_bytes_total", kind="proxy") == 1000
+    assert delta("apus_sent_bytes_total", kind="native") == native_bytes
+    assert delta("apus_handler_errors_total", handler="boom") == 1
+    assert value(after, "apus_inflight_requests") == 0  # the admin listener's own requests are not counted
+    assert value(after, "apus_handler_loads_total", handler="orderbook") == 1
+    assert value(after, "apus_upstream_connections") >= 1
+    assert value(after, "apus_open_connections", protocol="http1") >= 0
+
+
+def test_readyz_follows_the_backend_and_healthz_stays_up(gateway_factory, uvicorn_backend):
+    gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}")
+    ready = httpx.get(f"{gateway.admin}/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    uvicorn_backend.stop()
+    down = httpx.get(f"{gateway.admin}/readyz")
+    assert down.status_code == 503 and "backend does not accept connections" in down.json()["reason"]
+    assert httpx.get(f"{gateway.admin}/healthz").status_code == 200
+    uvicorn_backend.start()
+    assert httpx.get(f"{gateway.admin}/readyz").status_code == 200
+
+
+def test_admin_endpoints_are_not_on_the_public_listener(gateway_factory, uvicorn_backend):
+    gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}")
+    for path in ["/metrics", "/healthz", "/readyz", "/routes"]:
+        public = httpx.get(f"{gateway.url}{path}")
+        assert public.status_code == 404 and public.headers["server"] == "uvicorn", path
+    routes = httpx.get(f"{gateway.admin}/routes").json()["routes"]
+    book = next(r for r in routes if r["handler"] == "orderbook")
+    assert book["match"] == "GET /orderbook/{symbol}" and book["kind"] == "inline"
+    assert book["source"].endswith("handlers/orderbook.swift") and re.fullmatch(r"[0-9a-f]{24}", book["build_hash"])
+    assert next(r for r in routes if r["handler"] == "sleepy")["kind"] == "blocking"
+
+
+def test_trace_context_is_passed_through_or_started(gateway_factory, uvicorn_backend):
+    gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}", access_log="json")
+    given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    seen = httpx.get(f"{gateway.url}/headers", headers={"traceparent": given, "tracestate": "vendor=1"}).json()["headers"]
+    assert seen["traceparent"] == given and seen["tracestate"] == "vendor=1"
+    started = httpx.get(f"{gateway.url}/headers", headers={"X-Request-ID": "trace-check"}).json()["headers"]["traceparent"]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", started)
+    wait_for(lambda: "trace-check" in gateway.log(), 5, "access line")
+    line = next(json.loads(l) for l in gateway.log().splitlines() if '"trace-check"' in l)
+    assert line["trace_id"] == started[3:35]
+    bad = httpx.get(f"{gateway.url}/headers", headers={"traceparent": "garbage"}).json()["headers"]["traceparent"]
+    assert bad != "garbage" and bad.startswith("00-")
+
+
+def test_trace_start_can_be_turned_off(gateway_factory, uvicorn_backend):
+    gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}", server_extra="start_traces = false")
+    assert "traceparent" not in httpx.get(f"{gateway.url}/headers").json()["headers"]
