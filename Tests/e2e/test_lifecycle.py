@@ -27,7 +27,7 @@ def test_check_accepts_the_quickstart_and_lists_routes():
     ('[server]\nlisten = 12\n', "listen = 12", "server.listen", "must be an array of strings"),
     ('[server]\nnonsense_key = "x"\n', "nonsense_key", "server.nonsense_key", "unknown key"),
     ('[backend]\naddress = "nowhere"\n', "address =", "backend.address", "neither unix:/path nor host:port"),
-    ('[server]\nlisten = ["127.0.0.1:99999"]\n', "listen =", "server.listen", "not host:port"),
+    ('[server]\nlisten = ["127.0.0.1:99999"]\n', 'listen = ["127.0.0.1:99999"]', "server.listen", "not host:port"),
     ('[[route]]\nmatch = "GET /x/{a"\nhandler = "orderbook"\n', 'match = "GET /x/{a"', "route[1].match", "bad route pattern"),
     ('[[route]]\nmatch = "GET /y"\nhandler = "missing"\n', 'handler = "missing"', "route[1].handler", "no handler named"),
     ('[[route]]\nmatch = "GET /orderbook/{other}"\nhandler = "orderbook"\n', 'match = "GET /orderbook/{other}"', "route.match", "conflicts"),
