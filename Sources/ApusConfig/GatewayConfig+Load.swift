@@ -70,7 +70,7 @@ private struct ConfigReader {
                 server, table: t,
                 allowed: ["listen", "workers", "shutdown_timeout", "keepalive_timeout", "trusted_proxies", "access_log",
                     "max_header_size", "max_body_size", "blocking_threads", "h2c", "max_concurrent_streams", "tls",
-                    "redirect_https", "hsts", "start_traces"])
+                    "redirect_https", "hsts", "start_traces", "upgrade_protocols", "max_websockets", "websocket_idle_timeout"])
             if let listen = server["listen"] {
                 let texts: [String]
                 if let single = listen.string {
@@ -110,6 +110,14 @@ private struct ConfigReader {
             if let value = try int(server, t, "max_concurrent_streams", range: 1...10_000) { config.server.maxConcurrentStreams = value }
             if let value = try string(server, t, "hsts") { config.server.hsts = value }
             if let value = try bool(server, t, "start_traces") { config.server.startTraces = value }
+            if let value = server["upgrade_protocols"] {
+                config.server.upgradeProtocols = try strings(value, t, "upgrade_protocols").map { $0.lowercased() }
+                if config.server.upgradeProtocols.contains("h2c") {
+                    throw error(t, "upgrade_protocols", "h2c cannot be tunnelled to the backend (request smuggling); clients use h2c with Apus itself")
+                }
+            }
+            if let value = try int(server, t, "max_websockets", range: 0...1_000_000) { config.server.maxWebSockets = value }
+            if let value = try seconds(server, t, "websocket_idle_timeout") { config.server.webSocketIdleTimeout = value }
             if let redirect = server["redirect_https"] {
                 config.server.redirectHTTPS = try strings(redirect, t, "redirect_https").map { (text) throws(ConfigError) in
                     guard let spec = SocketAddressSpec(parsing: text) else { throw error(t, "redirect_https", "\"\(text)\" is not host:port") }

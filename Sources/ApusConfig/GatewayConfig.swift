@@ -52,6 +52,12 @@ public struct GatewayConfig: Sendable {
         public var hsts: String?
         /// Whether requests without a valid W3C `traceparent` get one before going to the backend.
         public var startTraces: Bool = true
+        /// `Upgrade` tokens tunnelled to the backend; any other upgrade is stripped.
+        public var upgradeProtocols: [String] = ["websocket"]
+        /// Most WebSocket tunnels open at once (503 past it).
+        public var maxWebSockets: Int = 10_000
+        /// Seconds a tunnel may go without a byte either way.
+        public var webSocketIdleTimeout: Double = 3600
     }
 
     /// One `[[server.tls]]` listener.

@@ -85,7 +85,7 @@ enum UpstreamMetrics {
 public final class UpstreamPool {
     /// The loop this pool belongs to.
     public let eventLoop: any EventLoop
-    let settings: UpstreamSettings
+    public let settings: UpstreamSettings
     private let logger: Logger
     private var idle: [UpstreamConnection] = []
     private var open = 0

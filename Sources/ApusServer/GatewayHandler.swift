@@ -19,11 +19,22 @@ final class GatewayShared: Sendable {
     let hsts: String?
     /// Whether requests without a W3C `traceparent` get one.
     let startTraces: Bool
+    /// WebSocket (and other allowed upgrade) tunnels: the limit and the settings.
+    let tunnels: TunnelLimit
+    let upgradeProtocols: Set<String>
+    let tunnelIdleTimeout: TimeAmount
+    /// How long a tunnel may keep going after shutdown starts before it is closed with 1001.
+    let tunnelShutdownGrace: TimeAmount
 
     init(
         logger: Logger, accessLog: AccessLog, trustedProxies: [CIDR], threadPool: NIOThreadPool, readiness: BackendReadiness,
-        scheme: String, hsts: String?, startTraces: Bool
+        scheme: String, hsts: String?, startTraces: Bool, tunnels: TunnelLimit, upgradeProtocols: [String],
+        tunnelIdleTimeout: TimeAmount, tunnelShutdownGrace: TimeAmount
     ) {
+        self.tunnels = tunnels
+        self.upgradeProtocols = Set(upgradeProtocols)
+        self.tunnelIdleTimeout = tunnelIdleTimeout
+        self.tunnelShutdownGrace = tunnelShutdownGrace
         self.hsts = hsts
         self.startTraces = startTraces
         self.logger = logger
@@ -39,7 +50,7 @@ final class GatewayShared: Sendable {
 /// (HTTP/1.1 here; HTTP/2 streams produce the same parts), routes it, and either
 /// calls the native handler or streams it to the backend. One request at a time:
 /// `HTTPServerPipelineHandler` in front of it holds pipelined requests back.
-final class GatewayHandler: ChannelDuplexHandler {
+final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
@@ -58,6 +69,10 @@ final class GatewayHandler: ChannelDuplexHandler {
         case proxyPending(HTTPRequestHead)
         /// An error response went out early; the rest of the request is dropped and the connection closes.
         case rejecting
+        /// An upgrade request is with the backend, waiting for its 101 (or another answer).
+        case upgrading(UpgradeExchange)
+        /// An HTTP/2 stream carrying a WebSocket (RFC 8441): request DATA goes into the tunnel, its bytes come back as DATA.
+        case tunnel(TunnelHandler)
     }
 
     private struct NativeCall {
@@ -141,11 +156,13 @@ final class GatewayHandler: ChannelDuplexHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         if case .proxy(let exchange) = state { exchange.requestReadComplete() }
+        if case .tunnel(let tunnel) = state { tunnel.tunnelFlush() }
         context.fireChannelReadComplete()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if case .proxy(let exchange) = state { exchange.downstreamWritabilityChanged(context.channel.isWritable) }
+        if case .tunnel(let tunnel) = state { tunnel.tunnelSetReading(context.channel.isWritable) }
         context.fireChannelWritabilityChanged()
     }
 
@@ -159,6 +176,11 @@ final class GatewayHandler: ChannelDuplexHandler {
             // A keep-alive connection that stayed quiet past keepalive_timeout.
             context.close(promise: nil)
             return
+        }
+        if event is ChannelShouldQuiesceEvent, case .tunnel(let tunnel) = state {
+            // An HTTP/2 WebSocket stream: let it run until close to the shutdown deadline, then end it.
+            let bound = NIOLoopBound(tunnel, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: shared.tunnelShutdownGrace) { bound.value.tunnelClose(goingAway: false) }
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -245,6 +267,10 @@ final class GatewayHandler: ChannelDuplexHandler {
             reject(.serviceUnavailable, "backend is starting", context: context, retryAfter: true)
             return
         }
+        if let token = upgradeToken(head) {
+            startUpgrade(head, token: token, context: context)
+            return
+        }
         if !bodyKnown, head.version.major >= 2, !head.headers.contains(name: "content-length") {
             state = .proxyPending(head)
             return
@@ -302,7 +328,9 @@ final class GatewayHandler: ChannelDuplexHandler {
                 call.body!.writeBuffer(&buffer)
             }
             state = .native(call)
-        case .idle, .rejecting:
+        case .tunnel(let tunnel):
+            tunnel.tunnelWrite(buffer)
+        case .idle, .rejecting, .upgrading:
             break
         }
     }
@@ -321,7 +349,10 @@ final class GatewayHandler: ChannelDuplexHandler {
         case .rejecting:
             // The error response is out; the connection closes once it is written.
             break
-        case .idle:
+        case .tunnel(let tunnel):
+            // The client ended its side of an HTTP/2 WebSocket stream.
+            tunnel.tunnelClose(goingAway: false)
+        case .idle, .upgrading:
             break
         }
     }
@@ -486,6 +517,11 @@ final class GatewayHandler: ChannelDuplexHandler {
             info = nil
         }
         if case .proxy(let exchange) = state { exchange.cancel() }
+        if case .upgrading(let exchange) = state {
+            exchange.cancel()
+            shared.tunnels.release()
+        }
+        if case .tunnel(let tunnel) = state { tunnel.tunnelClose(goingAway: false) }
         state = .idle
         generation += 1
     }
@@ -589,4 +625,170 @@ func traceIDIfValid(_ value: String) -> String? {
         parts[1] != String(repeating: "0", count: 32), parts[2] != String(repeating: "0", count: 16)
     else { return nil }
     return String(parts[1])
+}
+
+// MARK: - WebSocket and other upgrades
+
+extension GatewayHandler: UpgradeDownstream, TunnelEnd {
+    /// The upgrade token of a request the backend should get as an upgrade: an
+    /// HTTP/1.1 `Upgrade` with an allowed token (and `Connection: upgrade`), or an
+    /// HTTP/2 extended CONNECT (RFC 8441). Other upgrades (h2c above all) are
+    /// stripped with the hop-by-hop headers and proxied as plain requests.
+    fileprivate func upgradeToken(_ head: HTTPRequestHead) -> String? {
+        if head.version.major >= 2 {
+            guard head.method == .CONNECT, let token = head.headers.first(name: ExtendedConnectHandler.protocolHeader)?.lowercased(),
+                shared.upgradeProtocols.contains(token)
+            else { return nil }
+            return token
+        }
+        guard head.method == .GET,
+            head.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "upgrade" }),
+            let token = head.headers[canonicalForm: "upgrade"].first.map({ $0.lowercased() }),
+            shared.upgradeProtocols.contains(token)
+        else { return nil }
+        return token
+    }
+
+    fileprivate func startUpgrade(_ head: HTTPRequestHead, token: String, context: ChannelHandlerContext) {
+        guard shared.tunnels.acquire() else {
+            reject(.serviceUnavailable, "too many WebSocket connections (max_websockets = \(shared.tunnels.maximum))", context: context, retryAfter: true)
+            return
+        }
+        var upstream = makeUpstreamHead(head, requestID: info!.requestID, client: client)
+        if head.version.major >= 2 {
+            // RFC 8441 towards an HTTP/1.1 backend: CONNECT + :protocol becomes GET + Upgrade.
+            upstream.method = .GET
+            upstream.headers.remove(name: ExtendedConnectHandler.protocolHeader)
+            upstream.headers.remove(name: "content-length")
+            if !upstream.headers.contains(name: "sec-websocket-key") {
+                var key = [UInt8](repeating: 0, count: 16)
+                for index in key.indices { key[index] = UInt8.random(in: 0...255) }
+                upstream.headers.add(name: "sec-websocket-key", value: base64(key))
+            }
+            if !upstream.headers.contains(name: "sec-websocket-version") {
+                upstream.headers.add(name: "sec-websocket-version", value: "13")
+            }
+        }
+        upstream.headers.add(name: "upgrade", value: token)
+        upstream.headers.add(name: "connection", value: "Upgrade")
+        let exchange = UpgradeExchange(eventLoop: context.eventLoop, settings: loop.pool.settings, head: upstream, downstream: self)
+        state = .upgrading(exchange)
+        exchange.start()
+    }
+
+    func upgradeAccepted(_ head: HTTPResponseHead, tunnel: TunnelHandler) {
+        guard let context, var info else {
+            tunnel.tunnelClose(goingAway: false)
+            return
+        }
+        let tunnels = shared.tunnels
+        if info.version.major >= 2 {
+            // The stream stays; it carries the tunnel's bytes as DATA frames from now on.
+            var headers = HTTPHeaders()
+            for name in ["sec-websocket-protocol", "sec-websocket-extensions"] {
+                for value in head.headers[canonicalForm: name] { headers.add(name: name, value: String(value)) }
+            }
+            headers.add(name: "x-request-id", value: info.requestID)
+            info.status = 200
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: info.version, status: .ok, headers: headers))), promise: nil)
+            state = .tunnel(tunnel)
+            tunnel.partner = self
+            logUpgrade(info)
+            self.info = nil
+            return
+        }
+        // HTTP/1.1: answer 101 with the backend's headers, then hand the connection to a tunnel end.
+        var headers = head.headers
+        headers.replaceOrAdd(name: "x-request-id", value: info.requestID)
+        info.status = 101
+        self.info = info
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: info.version, status: .switchingProtocols, headers: headers))), promise: nil)
+        finishResponse(context: context, close: false)
+        let idleTimeout = shared.tunnelIdleTimeout
+        let grace = shared.tunnelShutdownGrace
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = bound.value
+            let clientEnd = TunnelHandler(tracksServerFrames: true, shutdownGrace: grace, onClose: { tunnels.release() })
+            let pipeline = context.pipeline.syncOperations
+            do {
+                try Self.removeHTTPHandlers(pipeline)
+                try pipeline.addHandler(IdleStateHandler(allTimeout: idleTimeout))
+                try pipeline.addHandler(clientEnd)
+                clientEnd.partner = tunnel
+                tunnel.partner = clientEnd
+                pipeline.removeHandler(handler, promise: nil)
+            } catch {
+                tunnels.release()
+                tunnel.tunnelClose(goingAway: false)
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    /// Takes the HTTP/1.1 codec and its helpers out of a connection that now carries raw bytes.
+    private static func removeHTTPHandlers(_ pipeline: ChannelPipeline.SynchronousOperations) throws {
+        if let handler = try? pipeline.handler(type: IdleStateHandler.self) { pipeline.removeHandler(handler, promise: nil) }
+        if let handler = try? pipeline.handler(type: HTTPServerPipelineHandler.self) { pipeline.removeHandler(handler, promise: nil) }
+        if let handler = try? pipeline.handler(type: HTTPServerProtocolErrorHandler.self) { pipeline.removeHandler(handler, promise: nil) }
+        if let handler = try? pipeline.handler(type: HTTPResponseEncoder.self) { pipeline.removeHandler(handler, promise: nil) }
+        if let handler = try? pipeline.handler(type: NIOHTTPResponseHeadersValidator.self) { pipeline.removeHandler(handler, promise: nil) }
+        if let handler = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
+            pipeline.removeHandler(handler, promise: nil)
+        }
+    }
+
+    private func logUpgrade(_ info: RequestInfo) {
+        RequestMetrics.inFlight.decrement()
+        let elapsed = NIODeadline.now() - info.started
+        loop.metrics.record(
+            route: info.route, method: info.method.rawValue, status: info.status, kind: "websocket", nanoseconds: elapsed.nanoseconds,
+            upstreamNanoseconds: nil, bytesIn: 0, bytesOut: 0)
+        if shared.accessLog.isEnabled {
+            shared.accessLog.write(
+                .init(
+                    client: clientDescription, method: info.method.rawValue, path: info.uri,
+                    version: "HTTP/\(info.version.major).\(info.version.minor)", status: info.status, bytesOut: 0,
+                    seconds: Double(elapsed.nanoseconds) / 1e9, upstreamSeconds: nil, kind: "websocket", requestID: info.requestID,
+                    traceID: info.traceID))
+        }
+    }
+
+    // MARK: TunnelEnd, for an HTTP/2 stream
+
+    func tunnelWrite(_ buffer: ByteBuffer) {
+        context?.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+    }
+
+    func tunnelFlush() { context?.flush() }
+
+    func tunnelSetReading(_ enabled: Bool) { setReading(enabled) }
+
+    func tunnelClose(goingAway: Bool) {
+        guard case .tunnel(let tunnel) = state, let context else { return }
+        state = .rejecting
+        shared.tunnels.release()
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        tunnel.tunnelClose(goingAway: false)
+    }
+
+    var tunnelWritable: Bool { context?.channel.isWritable ?? false }
+}
+
+/// Standard base64 of a few bytes (the WebSocket key), without Foundation on the data path.
+private func base64(_ bytes: [UInt8]) -> String {
+    let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    var out: [UInt8] = []
+    var index = 0
+    while index < bytes.count {
+        let chunk = bytes[index..<min(index + 3, bytes.count)]
+        var value = 0
+        for byte in chunk { value = value << 8 | Int(byte) }
+        value <<= (3 - chunk.count) * 8
+        for position in 0..<4 {
+            out.append(position <= chunk.count ? alphabet[(value >> (18 - 6 * position)) & 0x3F] : UInt8(ascii: "="))
+        }
+        index += 3
+    }
+    return String(decoding: out, as: UTF8.self)
 }

@@ -30,12 +30,18 @@ public final class GatewayServer: Service, Sendable {
         self.group = group
         self.logger = logger
         self.certificates = certificates
+        let tunnels = TunnelLimit(maximum: config.server.maxWebSockets)
+        let grace = TimeAmount.seconds(max(config.server.shutdownTimeout * 0.8, config.server.shutdownTimeout - 2))
         self.shared = GatewayShared(
             logger: logger, accessLog: AccessLog(format: config.server.accessLog), trustedProxies: config.server.trustedProxies,
-            threadPool: threadPool, readiness: readiness, scheme: "http", hsts: nil, startTraces: config.server.startTraces)
+            threadPool: threadPool, readiness: readiness, scheme: "http", hsts: nil, startTraces: config.server.startTraces, tunnels: tunnels,
+            upgradeProtocols: config.server.upgradeProtocols, tunnelIdleTimeout: .seconds(config.server.webSocketIdleTimeout),
+            tunnelShutdownGrace: grace)
         self.tlsShared = GatewayShared(
             logger: logger, accessLog: AccessLog(format: config.server.accessLog), trustedProxies: config.server.trustedProxies,
-            threadPool: threadPool, readiness: readiness, scheme: "https", hsts: config.server.hsts, startTraces: config.server.startTraces)
+            threadPool: threadPool, readiness: readiness, scheme: "https", hsts: config.server.hsts, startTraces: config.server.startTraces, tunnels: tunnels,
+            upgradeProtocols: config.server.upgradeProtocols, tunnelIdleTimeout: .seconds(config.server.webSocketIdleTimeout),
+            tunnelShutdownGrace: grace)
         let settings = UpstreamSettings(
             address: try Self.socketAddress(config.backend.address),
             connectTimeout: .seconds(config.backend.connectTimeout),

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOHPACK
 import NIOHTTP2
 import NIOPosix
 import NIOSSL
@@ -52,6 +53,8 @@ enum HTTPPipelines {
             HTTP2Setting(parameter: .maxConcurrentStreams, value: settings.maxConcurrentStreams),
             HTTP2Setting(parameter: .maxHeaderListSize, value: settings.maxHeaderListSize),
             HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
+            // RFC 8441: WebSockets over HTTP/2 streams.
+            HTTP2Setting(parameter: .enableConnectProtocol, value: 1),
         ]
         connection.targetWindowSize = 4 << 20
         var stream = NIOHTTP2Handler.StreamConfiguration()
@@ -63,6 +66,7 @@ enum HTTPPipelines {
         ) { streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
                 let sync = streamChannel.pipeline.syncOperations
+                try sync.addHandler(ExtendedConnectHandler())
                 try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                 try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared))
             }
@@ -195,5 +199,29 @@ final class HTTPSRedirectHandler: ChannelInboundHandler {
                 if !keepAlive { bound.value.close(promise: nil) }
             }
         }
+    }
+}
+
+/// Keeps RFC 8441's `:protocol` pseudo-header, which the HTTP/2-to-HTTP/1
+/// codec drops, as a private regular header the gateway reads to tunnel a WebSocket.
+final class ExtendedConnectHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundOut = HTTP2Frame.FramePayload
+
+    /// Where `:protocol` goes; removed again before the request reaches the backend.
+    static let protocolHeader = "x-apus-h2-protocol"
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .headers(var headers) = unwrapInboundIn(data), let value = headers.headers.first(name: ":protocol") {
+            var rewritten = HPACKHeaders()
+            for field in headers.headers where field.name != ":protocol" && field.name != Self.protocolHeader {
+                rewritten.add(name: field.name, value: field.value, indexing: field.indexable)
+            }
+            rewritten.add(name: Self.protocolHeader, value: value)
+            headers.headers = rewritten
+            context.fireChannelRead(wrapInboundOut(.headers(headers)))
+            return
+        }
+        context.fireChannelRead(data)
     }
 }

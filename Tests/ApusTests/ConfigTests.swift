@@ -63,7 +63,7 @@ struct ConfigTests {
         let problem = try error("[server]\nlisten = [\"127.0.0.1:1\"]\n\nbogus = 1\n")
         #expect(problem.line == 4)
         #expect(problem.key == "server.bogus")
-        #expect(problem.description.hasSuffix("g.conf:4: server.bogus: unknown key in [server]; known keys: access_log, blocking_threads, h2c, hsts, keepalive_timeout, listen, max_body_size, max_concurrent_streams, max_header_size, redirect_https, shutdown_timeout, start_traces, tls, trusted_proxies, workers"))
+        #expect(problem.description.hasSuffix("g.conf:4: server.bogus: unknown key in [server]; known keys: access_log, blocking_threads, h2c, hsts, keepalive_timeout, listen, max_body_size, max_concurrent_streams, max_header_size, max_websockets, redirect_https, shutdown_timeout, start_traces, tls, trusted_proxies, upgrade_protocols, websocket_idle_timeout, workers"))
     }
 
     @Test func wrongTypesAndValues() throws {

@@ -125,7 +125,8 @@ class Backend(Managed):
     def __init__(self, kind: str, socket_path: str, log_path: Path):
         self.socket_path = socket_path
         if kind == "uvicorn":
-            argv = [str(VENV_BIN / "uvicorn"), "app:app", "--uds", socket_path, "--no-access-log"]
+            argv = [str(VENV_BIN / "uvicorn"), "app:app", "--uds", socket_path, "--no-access-log",
+                    "--ws", "websockets", "--ws-max-size", str(32 * 1024 * 1024)]
             cwd = QUICKSTART
         else:
             argv = [str(VENV_BIN / "gunicorn"), "--bind", f"unix:{socket_path}", "--workers", "2", "--access-logfile", "-",

@@ -13,7 +13,8 @@ import json
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import orderbook
 
@@ -116,6 +117,47 @@ async def slow(request: Request) -> Response:
     return JSONResponse({"slept": True})
 
 
+async def ws_echo(websocket: WebSocket) -> None:
+    """Echoes text and binary messages until the client closes."""
+    await websocket.accept()
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await websocket.send_text(message["text"])
+            elif message.get("bytes") is not None:
+                await websocket.send_bytes(message["bytes"])
+    except WebSocketDisconnect:
+        return
+
+
+async def ws_goodbye(websocket: WebSocket) -> None:
+    """Answers one message, then closes from the server side with 4000."""
+    await websocket.accept()
+    await websocket.send_text("goodbye " + await websocket.receive_text())
+    await websocket.close(code=4000, reason="server says bye")
+
+
+async def ws_ticker(websocket: WebSocket) -> None:
+    """Sends a tick every 100 ms until the connection goes."""
+    await websocket.accept()
+    number = 0
+    try:
+        while True:
+            await websocket.send_text(f"tick {number}")
+            number += 1
+            await asyncio.sleep(0.1)
+    except (WebSocketDisconnect, RuntimeError):
+        return
+
+
+async def ws_deny(websocket: WebSocket) -> None:
+    """Refuses the handshake: the client gets 403."""
+    await websocket.close(code=1008)
+
+
 app = Starlette(routes=[
     Route("/", index),
     Route("/page", page),
@@ -127,4 +169,8 @@ app = Starlette(routes=[
     Route("/download", download),
     Route("/sse", sse),
     Route("/slow", slow),
+    WebSocketRoute("/ws/echo", ws_echo),
+    WebSocketRoute("/ws/goodbye", ws_goodbye),
+    WebSocketRoute("/ws/ticker", ws_ticker),
+    WebSocketRoute("/ws/deny", ws_deny),
 ])
