@@ -40,6 +40,12 @@ struct ChildProcess: Sendable {
         }
         typealias AddChdir = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
         _ = unsafeBitCast(symbol, to: AddChdir.self)(&actions, directory)
+        // Not every descriptor the gateway opens is close-on-exec (listening sockets among them):
+        // a backend must not inherit them, or it would keep our ports bound after we exit.
+        if let closeFrom = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") {
+            typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+            _ = unsafeBitCast(closeFrom, to: AddCloseFrom.self)(&actions, 3)
+        }
 
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]

@@ -1,6 +1,7 @@
 """Config errors, compile errors, supervision, graceful shutdown, logs, environment overrides."""
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -129,6 +130,11 @@ def test_supervised_backend_is_started_restarted_and_stopped(workdir, handler_ca
     gateway.start()
     wait_for(lambda: httpx.get(f"{gateway.url}/hello/a").status_code == 200, 60, "supervised backend")
     assert "[backend] INFO:" in gateway.log()
+    if shutil.which("ss"):
+        # The backend must not inherit the gateway's listening socket (it would keep the port after apus exits).
+        listeners = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+        line = next(l for l in listeners.splitlines() if f":{port} " in l)
+        assert "uvicorn" not in line and "python" not in line, line
     pid = int(subprocess.run(["pgrep", "-f", f"uds {sock}"], capture_output=True, text=True).stdout.split()[0])
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: "restarting" in gateway.log(), 10, "restart message")
