@@ -54,7 +54,7 @@ def validate(record: dict) -> None:
         raise ValueError("side must be buy or sell")
 
 
-def render(symbol: str, count: int = 200) -> bytes:
+def render(symbol: str, count: int = 200, dumps=None) -> bytes:
     if not SYMBOL.match(symbol):
         raise ValueError("symbol must be 1-8 upper-case letters")
     if not 1 <= count <= 10_000:
@@ -67,4 +67,6 @@ def render(symbol: str, count: int = 200) -> bytes:
         total_qty += record["qty"]
         notional += record["price"] * record["qty"]
     document = {"symbol": symbol, "count": count, "total_qty": total_qty, "notional": notional, "orders": orders}
+    if dumps is not None:
+        return dumps(document)
     return json.dumps(document, separators=(",", ":")).encode()

@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Apus and nginx side by side, in one run, on this machine.
+
+Servers (Apus or nginx, and the uvicorn backend) are pinned to core 0 and the load
+generator (wrk, h2load) to core 1. Each scenario warms up, then runs `--rounds`
+interleaved rounds (Apus, nginx, Apus, nginx, ...) and reports the median of:
+requests/s, p50, p99, and server CPU microseconds per request (CPU time the
+proxy process used during the round divided by the requests it answered; the
+backend's CPU is reported separately for proxied scenarios).
+
+    python3 bench/run.py            # the full run; prints the table (markdown)
+    python3 bench/run.py --smoke    # a few seconds per scenario, for CI: checks the bench still runs
+
+Needs nginx, wrk, nghttp2-client (h2load) and the project venv (bench/setup.sh installs them).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "quickstart"
+VENV = ROOT / ".venv" / "bin"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+FIXED_JSON = json.dumps({"items": [{"id": i, "name": "item-%04d" % i, "price": 10 + i * 0.25, "tags": ["a", "b"]}
+                                   for i in range(35)]}, separators=(",", ":"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=60, context=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                if response.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.02)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except FileNotFoundError:
+            pass
+    return total / CLOCK_TICKS
+
+
+def rss_mib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except FileNotFoundError:
+            pass
+    return total / (1 << 20)
+
+
+def family(pid):
+    """A process and its children (nginx's master and worker)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid] + [int(c) for c in children]
+
+
+class Stack:
+    """uvicorn, Apus and nginx, started once for the whole run."""
+
+    def __init__(self, work: Path, apus: Path):
+        self.work = work
+        self.processes = []
+        try:
+            self.setup(apus)
+        except BaseException:
+            self.stop()
+            raise
+
+    def setup(self, apus: Path):
+        work = self.work
+        self.sock = str(work / "backend.sock")
+        self.apus_port, self.nginx_port = free_port(), free_port()
+        self.apus_tls, self.nginx_tls = free_port(), free_port()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", work / "key.pem", "-out", work / "cert.pem", "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+        self.backend = self.start(["taskset", "-c", "0", VENV / "uvicorn", "app:app", "--uds", self.sock, "--no-access-log",
+                                   "--log-level", "warning"], cwd=QUICKSTART)
+        self.config = work / "gateway.conf"
+        handlers = work / "handlers"
+        handlers.mkdir()
+        shutil.copy(ROOT / "bench" / "handlers" / "fixed.swift", handlers)
+        shutil.copy(QUICKSTART / "handlers" / "orderbook.swift", handlers)
+        self.config.write_text(f"""
+[server]
+listen = ["127.0.0.1:{self.apus_port}"]
+workers = 1
+access_log = "off"
+start_traces = false
+[[server.tls]]
+listen = "127.0.0.1:{self.apus_tls}"
+certificate = "{work}/cert.pem"
+private_key = "{work}/key.pem"
+[backend]
+address = "unix:{self.sock}"
+max_connections = 1024
+[handlers]
+sources = "handlers"
+cache = "{ROOT}/bench/.apus-cache"
+[[route]]
+match = "GET /fixed"
+handler = "fixed"
+[[route]]
+match = "GET /orderbook/{{symbol}}"
+handler = "orderbook"
+""")
+        subprocess.run([apus, "check", "--config", self.config], check=True, capture_output=True)  # warm the handler cache
+        started = time.monotonic()
+        self.apus = self.start(["taskset", "-c", "0", apus, "serve", "--config", self.config], cwd=work)
+        wait_http(f"http://127.0.0.1:{self.apus_port}/fixed", timeout=30)
+        self.apus_start_ms = (time.monotonic() - started) * 1000
+        (work / "nginx.conf").write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    upstream backend {{ server unix:{self.sock}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{self.nginx_port};
+        listen 127.0.0.1:{self.nginx_tls} ssl http2;
+        ssl_certificate {work}/cert.pem;
+        ssl_certificate_key {work}/key.pem;
+        location = /fixed {{ default_type application/json; return 200 '{FIXED_JSON}'; }}
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_buffering off;
+        }}
+    }}
+}}
+""")
+        self.nginx = self.start(["taskset", "-c", "0", "nginx", "-c", work / "nginx.conf", "-p", work], cwd=work)
+        wait_http(f"http://127.0.0.1:{self.nginx_port}/fixed")
+        wait_http(f"http://127.0.0.1:{self.apus_port}/hello/warm")
+        wait_http(f"http://127.0.0.1:{self.nginx_port}/hello/warm")
+
+    def start(self, argv, cwd):
+        process = subprocess.Popen([str(a) for a in argv], cwd=cwd, stdout=open(self.work / f"{Path(str(argv[3])).name}.log", "ab"),
+                                   stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def stop(self):
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wrk(url, duration, connections):
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+                         capture_output=True, text=True, timeout=duration + 60).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+
+    def latency(label):
+        value, unit = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    return {"requests": requests, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": latency("50"), "p99": latency("99"),
+            "errors": int(errors.group(1)) if errors else 0 + (sum(map(int, socket_errors.groups())) if socket_errors else 0)}
+
+
+def h2load(url, requests):
+    out = subprocess.run(["taskset", "-c", "1", "h2load", "-n", str(requests), "-c", "16", "-m", "10", "-t", "1", url],
+                         capture_output=True, text=True, timeout=300).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    mean = re.search(r"time for request:\s+[\d.]+\w+\s+[\d.]+\w+\s+([\d.]+)(us|ms|s)", out)
+    mean_ms = float(mean.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[mean.group(2)]
+    return {"requests": int(done.group(2)), "rps": rps, "p50": mean_ms, "p99": float("nan"), "errors": int(done.group(3))}
+
+
+def measure(server_pids, backend_pids, run):
+    before, backend_before = cpu_seconds(server_pids), cpu_seconds(backend_pids)
+    result = run()
+    used, backend_used = cpu_seconds(server_pids) - before, cpu_seconds(backend_pids) - backend_before
+    result["cpu_us"] = used * 1e6 / max(result["requests"], 1)
+    result["backend_cpu_us"] = backend_used * 1e6 / max(result["requests"], 1)
+    return result
+
+
+def median_of(rounds):
+    keys = rounds[0].keys()
+    return {key: statistics.median(r[key] for r in rounds) for key in keys}
+
+
+def open_connections(port, count):
+    sockets = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /fixed HTTP/1.1\r\nHost: x\r\n\r\n")
+        sockets.append(s)
+    for s in sockets:
+        data = b""
+        while b"}]}" not in data:
+            data += s.recv(65536)
+    return sockets
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="one short round per scenario, to check the bench runs")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=6)
+    parser.add_argument("--apus", help="the apus binary (default: .build/release/apus, built if missing)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.duration = 1, 1
+    apus = Path(args.apus).resolve() if args.apus else ROOT / ".build" / "release" / "apus"
+    if not apus.exists():
+        subprocess.run(["swift", "build", "-c", "release", "--product", "apus"], cwd=ROOT, check=True)
+    for tool in ["nginx", "wrk", "h2load", "taskset", "openssl"]:
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} not found; run bench/setup.sh")
+
+    work = Path(tempfile.mkdtemp(prefix="apus-bench-"))
+    work.chmod(0o755)  # nginx workers run as another user and must reach the backend socket
+    stack = Stack(work, apus)
+    results = []
+    try:
+        apus_pids = [stack.apus.pid]
+        nginx_pids = family(stack.nginx.pid)
+        backend_pids = family(stack.backend.pid)
+        nginx_pids = family(stack.nginx.pid)
+        # Correctness first: identical bodies, or the comparison is meaningless.
+        fixed_apus = urllib.request.urlopen(f"http://127.0.0.1:{stack.apus_port}/fixed").read()
+        fixed_nginx = urllib.request.urlopen(f"http://127.0.0.1:{stack.nginx_port}/fixed").read()
+        native_book = urllib.request.urlopen(f"http://127.0.0.1:{stack.apus_port}/orderbook/ACME?n=200").read()
+        json_book = urllib.request.urlopen(f"http://127.0.0.1:{stack.nginx_port}/py/orderbook/ACME?n=200").read()
+        orjson_book = urllib.request.urlopen(f"http://127.0.0.1:{stack.nginx_port}/py/orderbook-orjson/ACME?n=200").read()
+        identical = fixed_apus == fixed_nginx and native_book == json_book == orjson_book
+        print(f"bodies identical: fixed {fixed_apus == fixed_nginx} ({len(fixed_apus)} B), "
+              f"order book {native_book == json_book == orjson_book} ({len(native_book)} B)", flush=True)
+
+        a, n = f"http://127.0.0.1:{stack.apus_port}", f"http://127.0.0.1:{stack.nginx_port}"
+        at, nt = f"https://127.0.0.1:{stack.apus_tls}", f"https://127.0.0.1:{stack.nginx_tls}"
+        h2_requests = 2000 if args.smoke else 60000
+        scenarios = [
+            ("native 2 KiB JSON, HTTP/1.1", lambda: wrk(f"{a}/fixed", args.duration, 32), lambda: wrk(f"{n}/fixed", args.duration, 32), False),
+            ("proxied to uvicorn (UDS), HTTP/1.1", lambda: wrk(f"{a}/hello/bench", args.duration, 32),
+             lambda: wrk(f"{n}/hello/bench", args.duration, 32), True),
+            ("native 2 KiB JSON, TLS + HTTP/2 (h2load)", lambda: h2load(f"{at}/fixed", h2_requests), lambda: h2load(f"{nt}/fixed", h2_requests), False),
+            ("proxied, TLS + HTTP/2 (h2load)", lambda: h2load(f"{at}/hello/bench", h2_requests // 10),
+             lambda: h2load(f"{nt}/hello/bench", h2_requests // 10), True),
+            ("hot path: Apus native vs Python json.dumps behind nginx", lambda: wrk(f"{a}/orderbook/ACME?n=200", args.duration, 16),
+             lambda: wrk(f"{n}/py/orderbook/ACME?n=200", args.duration, 16), True),
+            ("hot path: Apus native vs Python orjson behind nginx", lambda: wrk(f"{a}/orderbook/ACME?n=200", args.duration, 16),
+             lambda: wrk(f"{n}/py/orderbook-orjson/ACME?n=200", args.duration, 16), True),
+        ]
+        for name, run_apus, run_nginx, proxied in scenarios:
+            run_apus(), run_nginx()  # warm-up
+            apus_rounds, nginx_rounds = [], []
+            for _ in range(args.rounds):
+                apus_rounds.append(measure(apus_pids, backend_pids, run_apus))
+                nginx_rounds.append(measure(nginx_pids, backend_pids, run_nginx))
+            results.append({"scenario": name, "apus": median_of(apus_rounds), "nginx": median_of(nginx_rounds), "proxied": proxied})
+            print(f"done: {name}", flush=True)
+
+        idle = {"apus": rss_mib(apus_pids), "nginx": rss_mib(nginx_pids)}
+        held = open_connections(stack.apus_port, 1000)
+        loaded_apus = rss_mib(apus_pids)
+        for s in held:
+            s.close()
+        held = open_connections(stack.nginx_port, 1000)
+        loaded_nginx = rss_mib(nginx_pids)
+        for s in held:
+            s.close()
+    finally:
+        stack.stop()
+    print_table(results, idle, {"apus": loaded_apus, "nginx": loaded_nginx}, stack.apus_start_ms, identical, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "idle_rss": idle, "start_ms": stack.apus_start_ms}, indent=2))
+
+
+def print_table(results, idle, loaded, start_ms, identical, args):
+    print()
+    print(f"Apus vs nginx {subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip().split('/')[-1]}, "
+          f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, servers on core 0, load on core 1, "
+          f"{args.rounds} round(s) of {args.duration:g}s, medians")
+    print()
+    print("| scenario | server | req/s | p50 ms | p99 ms | server CPU µs/req | backend CPU µs/req | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for result in results:
+        for server in ["apus", "nginx"]:
+            r = result[server]
+            backend = f"{r['backend_cpu_us']:.1f}" if result["proxied"] else "-"
+            p99 = "-" if r["p99"] != r["p99"] else f"{r['p99']:.2f}"
+            print(f"| {result['scenario']} | {server} | {r['rps']:.0f} | {r['p50']:.2f} | {p99} | {r['cpu_us']:.1f} | {backend} | {r['errors']:.0f} |")
+    print()
+    print("| ratio (Apus / nginx) | req/s | server CPU µs/req |")
+    print("|---|---:|---:|")
+    for result in results:
+        a, n = result["apus"], result["nginx"]
+        print(f"| {result['scenario']} | {a['rps'] / n['rps']:.2f} | {a['cpu_us'] / max(n['cpu_us'], 1e-9):.2f} |")
+    print()
+    print(f"Idle RSS: Apus {idle['apus']:.1f} MiB, nginx {idle['nginx']:.1f} MiB. "
+          f"With 1,000 open keep-alive connections: Apus {loaded['apus']:.1f} MiB, nginx {loaded['nginx']:.1f} MiB.")
+    print(f"Apus start to first 200 (warm handler cache): {start_ms:.0f} ms. Bodies identical across servers: {identical}.")
+
+
+if __name__ == "__main__":
+    main()
