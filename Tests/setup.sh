@@ -12,6 +12,10 @@ if command -v apt-get >/dev/null; then
     # procps: pgrep in tests; gcc: C handlers in the ABI tests.
     # libsqlite3-dev: the package-handler example links SQLite.
     $SUDO apt-get install -y -qq curl procps gcc nghttp2-client chromium libsqlite3-dev >/dev/null
+    # nginx, wrk: the benchmark (its smoke run is part of the tests).
+    bash bench/setup.sh
+    # The Debian package may start a system nginx; the tests and the bench run their own.
+    (service nginx stop || pkill -x nginx || true) >/dev/null 2>&1
 fi
 
 python3 -m venv .venv

@@ -1,0 +1,22 @@
+"""The benchmark as a short smoke run, so it keeps working; its figures are not asserted."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import APUS, ROOT
+
+
+@pytest.mark.skipif(not all(shutil.which(tool) for tool in ["nginx", "wrk", "h2load", "taskset"]),
+                    reason="bench tools not installed (bench/setup.sh)")
+def test_bench_smoke_runs_every_scenario_without_errors():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--apus", str(APUS)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "Bodies identical across servers: True" in out, out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and ("| apus |" in line or "| nginx |" in line)]
+    assert len(rows) == 12, out
+    assert all(line.rstrip(" |").endswith("| 0") for line in rows), out
