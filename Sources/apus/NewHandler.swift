@@ -65,7 +65,9 @@ struct NewHandler: ParsableCommand {
                 try FileManager.default.createDirectory(atPath: sources, withIntermediateDirectories: true)
                 try Self.packageManifest(product: product).write(toFile: "\(file)/Package.swift", atomically: true, encoding: .utf8)
                 try ("import ApusSDK\n\n" + Self.template(name: name)).write(toFile: "\(sources)/\(product).swift", atomically: true, encoding: .utf8)
-                try Self.exports.write(toFile: "\(sources)/Exports.swift", atomically: true, encoding: .utf8)
+                // The same two entry points the gateway compiles with every single-file handler.
+                let exports = try String(contentsOfFile: HandlerSDK.locate().entrySource, encoding: .utf8)
+                try exports.write(toFile: "\(sources)/Exports.swift", atomically: true, encoding: .utf8)
             } else {
                 try Self.template(name: name).write(toFile: file, atomically: true, encoding: .utf8)
             }
@@ -114,24 +116,6 @@ struct NewHandler: ParsableCommand {
 
         """
     }
-
-    static let exports = """
-        // The two C entry points every Apus handler library exports; leave as is.
-
-        @_spi(ApusEntry) import ApusSDK
-        import CApusABI
-
-        @_cdecl("apus_on_abi_version")
-        public func apus_on_abi_version() -> UInt32 {
-            ApusModule.abiVersion
-        }
-
-        @_cdecl("apus_on_module_init")
-        public func apus_on_module_init(_ host: UnsafePointer<apus_type_host>?) -> UnsafePointer<apus_type_module>? {
-            ApusModule.export(handler, host: host)
-        }
-
-        """
 
     static func template(name: String) -> String {
         """

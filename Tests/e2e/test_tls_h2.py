@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from certs import Authority, write_cert, write_pair
-from conftest import APUS, child_env, free_port, wait_for
+from conftest import APUS, can_connect_tcp, child_env, free_port, wait_for
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def tls_gateway(gateway_factory, uvicorn_backend, pki):
     port = free_port()
     gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", server_extra=tls_block(port, pki))
     gateway.tls_port = port
-    wait_for(lambda: socket.create_connection(("127.0.0.1", port)).close() is None, 10, "TLS listener")
+    wait_for(lambda: can_connect_tcp(port), 10, "TLS listener")
     return gateway
 
 
@@ -153,6 +153,7 @@ def test_mtls_accepts_a_good_client_and_rejects_others(gateway_factory, uvicorn_
     port = free_port()
     gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}",
                               server_extra=tls_block(port, pki, extra=f'client_ca = "{pki["ca"]}"'))
+    wait_for(lambda: can_connect_tcp(port), 10, "TLS listener")
     url = f"https://localhost:{port}/hello/mtls"
     good_cert, good_key = pki["client"]
     good = curl("--cacert", str(pki["ca"]), "--cert", str(good_cert), "--key", str(good_key), url)
@@ -220,6 +221,7 @@ def test_http_redirects_to_https(gateway_factory, uvicorn_backend, pki):
     tls_port, redirect_port = free_port(), free_port()
     gateway_factory(f"unix:{uvicorn_backend.socket_path}",
                     server_extra=f'redirect_https = ["127.0.0.1:{redirect_port}"]\n' + tls_block(tls_port, pki))
+    wait_for(lambda: can_connect_tcp(redirect_port), 10, "redirect listener")
     response = httpx.get(f"http://localhost:{redirect_port}/hello/x?y=1")
     assert response.status_code == 308
     assert response.headers["location"] == f"https://localhost:{tls_port}/hello/x?y=1"
