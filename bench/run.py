@@ -187,9 +187,12 @@ http {{
 
 
 def wrk(url, duration, connections):
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url],
                          capture_output=True, text=True, timeout=duration + 60).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    found = re.search(r"(\d+) requests in", out)
+    if not found:
+        raise RuntimeError(f"wrk {url}: unexpected output:\n{out}")
+    requests = int(found.group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
 
