@@ -93,6 +93,18 @@ public actor HandlerCompiler {
             throw .noCompiler("swiftc is not on PATH")
         }
         guard FileManager.default.isExecutableFile(atPath: path) else { throw .noCompiler("\(path) is not executable") }
+        // `swiftc --version` costs a process start on every gateway start; the answer only changes
+        // with the binary, so it is kept in the cache next to the binary's identity.
+        let attributes = try? FileManager.default.attributesOfItem(atPath: URL(fileURLWithPath: path).resolvingSymlinksInPath().path)
+        let identity = "\(path)|\((attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)|\(attributes?[.size] ?? 0)"
+        let remembered = "\(configuration.cacheDirectory)/toolchain.txt"
+        if let text = try? String(contentsOfFile: remembered, encoding: .utf8) {
+            let lines = text.split(separator: "\n", maxSplits: 1).map(String.init)
+            if lines.count == 2, lines[0] == identity {
+                toolchain = (path, lines[1])
+                return (path, lines[1])
+            }
+        }
         let result: ProcessResult
         do {
             result = try await runProcess(path, ["--version"])
@@ -102,6 +114,8 @@ public actor HandlerCompiler {
         guard result.status == 0 else { throw .noCompiler("\(path) --version exited \(result.status)") }
         let found = (path, result.output.split(separator: "\n").first.map(String.init) ?? "unknown")
         toolchain = found
+        try? FileManager.default.createDirectory(atPath: configuration.cacheDirectory, withIntermediateDirectories: true)
+        try? "\(identity)\n\(found.1)".write(toFile: remembered, atomically: true, encoding: .utf8)
         return found
     }
 
