@@ -151,16 +151,6 @@ private final class AdminHandler: ChannelInboundHandler {
     }
 
     private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus, _ type: String, _ body: [UInt8]) {
-        var headers = HTTPHeaders([("content-type", type), ("content-length", String(body.count))])
-        if !request.isKeepAlive { headers.add(name: "connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
-        if request.method != .HEAD {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
-        }
-        let keepAlive = request.isKeepAlive
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-            if !keepAlive { bound.value.close(promise: nil) }
-        }
+        writeSimpleResponse(context, to: request, status: status, headers: [("content-type", type)], body: body)
     }
 }

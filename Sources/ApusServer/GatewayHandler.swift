@@ -81,7 +81,6 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let path: String
         let query: String
         var body: ByteBuffer?
-        var invoked: Bool
     }
 
     /// What the access log and the response need to know about the current request.
@@ -252,7 +251,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             let query = queryStart.map { String(Substring(head.uri.utf8[uri.index(after: $0)...])) } ?? ""
             state = .native(
-                NativeCall(route: match.target, parameters: match.parameters, path: path.text, query: query, body: nil, invoked: false))
+                NativeCall(route: match.target, parameters: match.parameters, path: path.text, query: query, body: nil))
             sendContinueIfExpected(head, context: context)
             nativeHeaders = head.headers
             return
@@ -361,9 +360,6 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func invokeNative(_ call: NativeCall, context: ChannelHandlerContext) {
         guard let info else { return }
-        var call = call
-        call.invoked = true
-        state = .native(call)
         let request = NativeRequest(
             method: info.method.rawValue, path: call.path, query: call.query, requestID: info.requestID,
             remoteAddress: clientDescription,

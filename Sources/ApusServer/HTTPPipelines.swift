@@ -188,16 +188,9 @@ final class HTTPSRedirectHandler: ChannelInboundHandler {
             if let colon = host.lastIndex(of: ":"), !host.hasSuffix("]") { host = String(host[..<colon]) }
             let authority = httpsPort == 443 ? host : "\(host):\(httpsPort)"
             let valid = head.uri.hasPrefix("/") && !head.uri.contains(where: { $0 == "\r" || $0 == "\n" })
-            var headers = HTTPHeaders([("content-length", "0")])
-            let status: HTTPResponseStatus = valid ? .permanentRedirect : .badRequest
-            if valid { headers.add(name: "location", value: "https://\(authority)\(head.uri)") }
-            if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-            let keepAlive = head.isKeepAlive
-            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-                if !keepAlive { bound.value.close(promise: nil) }
-            }
+            writeSimpleResponse(
+                context, to: head, status: valid ? .permanentRedirect : .badRequest,
+                headers: valid ? [("location", "https://\(authority)\(head.uri)")] : [], body: [])
         }
     }
 }
