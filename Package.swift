@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "CApusABI", path: "Sources/CApusABI"),
         // The handler SDK: compiled together with each user handler file by `ApusCompiler`.
         // It is a target here only so that it is type-checked and unit-tested with the package.
-        .target(name: "ApusSDK", dependencies: ["CApusABI"], exclude: ["Entry"], swiftSettings: swiftSettings),
+        .target(name: "ApusSDK", dependencies: ["CApusABI"], exclude: ["Entry", "Python"], swiftSettings: swiftSettings),
         .target(
             name: "ApusConfig",
             dependencies: [.product(name: "TOMLKit", package: "TOMLKit")],

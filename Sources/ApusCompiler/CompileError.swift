@@ -5,6 +5,9 @@ public struct CompileError: Error, CustomStringConvertible, Sendable {
     private let code: Code
     public let description: String
 
+    /// True when the toolchain (or the SDK) is missing rather than the code being wrong.
+    public var isMissingToolchain: Bool { code == .noCompiler || code == .noSDK }
+
     static func noCompiler(_ detail: String) -> CompileError {
         CompileError(code: .noCompiler, description: "no Swift compiler found (\(detail)); install a Swift toolchain or set [handlers] swiftc")
     }
@@ -16,6 +19,17 @@ public struct CompileError: Error, CustomStringConvertible, Sendable {
     }
     static func failed(handler: String, source: String, output: String) -> CompileError {
         CompileError(code: .failed, description: "handler \"\(handler)\" (\(source)) failed to compile:\n\(output)")
+    }
+    static func noPythonHeaders(_ folder: String) -> CompileError {
+        CompileError(
+            code: .noCompiler,
+            description: "no Python.h in \(folder): install the interpreter's development headers (Debian: apt-get install python3-dev)")
+    }
+    static func failed(pythonModule: String, source: String, output: String) -> CompileError {
+        CompileError(code: .failed, description: "\(source) failed to compile as Python module \(pythonModule):\n\(output)")
+    }
+    public static func invalid(_ detail: String) -> CompileError {
+        CompileError(code: .failed, description: detail)
     }
     public static func io(_ detail: String) -> CompileError {
         CompileError(code: .io, description: detail)

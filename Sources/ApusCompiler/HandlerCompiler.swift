@@ -119,9 +119,9 @@ public actor HandlerCompiler {
         return found
     }
 
-    private static let commonFlags = ["-emit-library", "-parse-as-library", "-swift-version", "6"]
+    static let commonFlags = ["-emit-library", "-parse-as-library", "-swift-version", "6"]
 
-    private var handlerFlags: [String] { Self.commonFlags + [configuration.optimize ? "-O" : "-Onone"] }
+    var handlerFlags: [String] { Self.commonFlags + [configuration.optimize ? "-O" : "-Onone"] }
 
     func hash(_ parts: [Data], files: [String]) throws(CompileError) -> String {
         var hasher = SHA256()
@@ -348,7 +348,7 @@ extension HandlerCompiler {
                     products: [.library(name: "ApusSDK", targets: ["ApusSDK", "CApusABI"])],
                     targets: [
                         .target(name: "CApusABI", path: "CApusABI"),
-                        .target(name: "ApusSDK", dependencies: ["CApusABI"], path: "ApusSDK", exclude: ["Entry"]),
+                        .target(name: "ApusSDK", dependencies: ["CApusABI"], path: "ApusSDK", exclude: ["Entry", "Python"]),
                     ]
                 )
 

@@ -24,6 +24,16 @@ public struct HandlerSDK: Sendable {
     /// The entry-point file compiled together with each handler.
     public var entrySource: String { "\(root)/ApusSDK/Entry/Exports.swift" }
 
+    /// The CPython bridge (module `ApusPython`), built once per SDK and Python version.
+    public var pythonBridgeSources: [String] {
+        let folder = "\(root)/ApusSDK/Python"
+        return ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [])
+            .filter { $0.hasSuffix(".swift") }.sorted().map { "\(folder)/\($0)" }
+    }
+
+    /// The folder holding the CPython shim header and its module map (`import CApusPython`).
+    public var pythonShimDirectory: String { "\(root)/ApusSDK/Python/CApusPython" }
+
     /// The ABI header and module map, part of every cache key.
     public var abiFiles: [String] { ["\(abiIncludeDirectory)/apus_abi.h", "\(abiIncludeDirectory)/module.modulemap"] }
 

@@ -3,7 +3,7 @@ import CApusABI
 /// The C side of a Swift handler module, shared by every handler: the gateway
 /// builds the SDK once into a library, and each handler's two entry points
 /// (`Entry/Exports.swift`, compiled with the handler file) hand their `handler`
-/// to `export`. Everything crossing the boundary is C; a thrown error becomes a
+/// to `describe`. Everything crossing the boundary is C; a thrown error becomes a
 /// 500, never a crash.
 @_spi(ApusEntry)
 public enum ApusModule {
@@ -11,7 +11,7 @@ public enum ApusModule {
     public static var abiVersion: UInt32 { UInt32(APUS_ABI_VERSION) }
 
     /// Describes `handler` to the host, or refuses a host of another ABI.
-    public static func export(_ handler: Handler, host: UnsafePointer<apus_type_host>?) -> UnsafePointer<apus_type_module>? {
+    public static func describe(_ handler: Handler, host: UnsafePointer<apus_type_host>?) -> UnsafePointer<apus_type_module>? {
         guard let host,
             host.pointee.struct_size == UInt32(MemoryLayout<apus_type_host>.size),
             host.pointee.abi_version == UInt32(APUS_ABI_VERSION)

@@ -54,3 +54,8 @@ public struct HTTPError: Error, Sendable {
         self.message = message
     }
 }
+
+extension HTTPError: CustomStringConvertible {
+    /// `422: symbol must be 1-8 upper-case letters`: how the error reads in logs and in Python.
+    public var description: String { "\(status): \(message)" }
+}

@@ -18,9 +18,10 @@ struct Apus: AsyncParsableCommand {
               apus check --config gateway.conf    validate the config, compile handlers, list routes
               apus build --output prebuilt        compile handlers ahead of time for a toolchain-free image
               apus reload --config gateway.conf   re-read config, handlers and certificates of a running gateway
+              apus python build FILE ...          build a Swift file into a Python module (see the apus Python package)
             """,
         version: "0.1.0",
-        subcommands: [Serve.self, Check.self, New.self, Build.self, Reload.self]
+        subcommands: [Serve.self, Check.self, New.self, Build.self, Reload.self, PythonCommand.self]
     )
 }
 

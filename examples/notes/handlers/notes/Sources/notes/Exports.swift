@@ -11,5 +11,5 @@ public func apus_on_abi_version() -> UInt32 {
 
 @_cdecl("apus_on_module_init")
 public func apus_on_module_init(_ host: UnsafePointer<apus_type_host>?) -> UnsafePointer<apus_type_module>? {
-    ApusModule.export(handler, host: host)
+    ApusModule.describe(handler, host: host)
 }

@@ -1,0 +1,129 @@
+"""Import Swift files as Python modules.
+
+``apus.load("handlers/pricing.swift")`` compiles the file into a CPython
+extension module (cached by the hash of the source, the SDK, the compiler and
+the Python headers) and imports it. ``import apus.auto`` installs an import hook
+so that ``from handlers import pricing`` finds ``handlers/pricing.swift``.
+
+Compilation is done by the ``apus`` command (the gateway's own compiler), found
+through ``$APUS_BIN`` or on ``PATH``; builds share the gateway's cache when the
+file sits in a project with a ``gateway.conf`` or ``.apus-cache``.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["load", "build", "CompileError", "ToolchainError", "SwiftError"]
+
+
+class SwiftError(RuntimeError):
+    """An error thrown by an exported Swift function; the message is the error's text."""
+
+
+class CompileError(ImportError):
+    """The Swift file did not compile. ``str(error)`` carries the compiler's messages with file:line."""
+
+    def __init__(self, source: str, message: str):
+        super().__init__(message)
+        self.source = source
+        self.message = message
+
+
+class ToolchainError(ImportError):
+    """Something needed to compile Swift is missing: the apus command, swiftc or the Python headers."""
+
+
+_INSTALL_HINT = (
+    "install Apus (the `apus` command, e.g. `swift build -c release` in the Apus repository and put "
+    ".build/release on PATH, or set APUS_BIN) and a Swift 6 toolchain with swiftc on PATH"
+)
+
+_lock = threading.Lock()
+_loaded: dict[str, ModuleType] = {}
+
+
+def _apus_command() -> str:
+    explicit = os.environ.get("APUS_BIN")
+    if explicit:
+        if os.access(explicit, os.X_OK):
+            return explicit
+        raise ToolchainError(f"APUS_BIN={explicit} is not an executable; {_INSTALL_HINT}")
+    found = shutil.which("apus")
+    if not found:
+        raise ToolchainError(f"the `apus` command is not on PATH; {_INSTALL_HINT}")
+    return found
+
+
+def _cache_dir(source: Path) -> Path:
+    """$APUS_CACHE_DIR, else the project's gateway cache, else ~/.cache/apus."""
+    explicit = os.environ.get("APUS_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    for folder in source.parents:
+        if (folder / ".apus-cache").is_dir() or (folder / "gateway.conf").is_file():
+            return folder / ".apus-cache"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "apus"
+
+
+def build(path: str | os.PathLike, *, debug: bool = False) -> Path:
+    """Compiles ``path`` (cached) and returns the extension module's file."""
+    source = Path(path).resolve()
+    if not source.is_file():
+        raise FileNotFoundError(f"no Swift file at {source}")
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").is_file():
+        raise ToolchainError(
+            f"no Python.h in {include}: install this interpreter's development headers (Debian: apt-get install python3-dev)"
+        )
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or importlib.machinery.EXTENSION_SUFFIXES[0]
+    command = [
+        _apus_command(), "python", "build", str(source),
+        "--python-include", include, "--extension-suffix", suffix, "--cache", str(_cache_dir(source)),
+    ]
+    if debug:
+        command.append("--debug")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except OSError as error:
+        raise ToolchainError(f"cannot run {command[0]}: {error}; {_INSTALL_HINT}") from None
+    if done.returncode == 3:
+        raise ToolchainError(done.stderr.strip())
+    if done.returncode != 0:
+        raise CompileError(str(source), done.stderr.strip() or f"apus exited with status {done.returncode}")
+    return Path(json.loads(done.stdout.strip().splitlines()[-1])["path"])
+
+
+def _import_extension(name: str, library: Path) -> ModuleType:
+    loader = importlib.machinery.ExtensionFileLoader(name, str(library))
+    spec = importlib.util.spec_from_file_location(name, str(library), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def load(path: str | os.PathLike, *, debug: bool = False) -> ModuleType:
+    """Compiles the Swift file at ``path`` (cached) and returns it as a module.
+
+    The module has one function per ``export`` in the file's
+    ``let python = PythonExports { ... }``. Loading the same unchanged file again
+    returns the same module; after an edit, a new build is imported beside it.
+    Raises CompileError (with the compiler's file:line messages) or ToolchainError.
+    """
+    library = build(path, debug=debug)
+    with _lock:
+        module = _loaded.get(str(library))
+        if module is None:
+            module = _import_extension(library.name.split(".", 1)[0], library)
+            _loaded[str(library)] = module
+        return module
