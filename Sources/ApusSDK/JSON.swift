@@ -146,8 +146,9 @@ public struct JSONWriter: Sendable {
         needsSeparator = true
     }
 
+    /// Writes `"key":` inside an object; the next `element`, `object` or `array` is its value.
     @inlinable
-    mutating func key(_ key: String) {
+    public mutating func key(_ key: String) {
         separate()
         appendString(key)
         bytes.append(UInt8(ascii: ":"))

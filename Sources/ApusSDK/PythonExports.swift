@@ -49,8 +49,8 @@ public enum PythonValue: Sendable, Equatable {
     }
 }
 
-/// An error that becomes a specific Python exception. Any other error thrown by
-/// an exported function becomes `apus.SwiftError` carrying the error's text.
+/// An error that becomes a specific Python exception. A thrown 4xx `HTTPError`
+/// becomes `ValueError`; any other error `apus.SwiftError` carrying the error's text.
 public struct PythonError: Error, CustomStringConvertible, Sendable {
     /// The Python exception class raised.
     public enum Kind: Sendable { case typeError, valueError, overflowError, keyError, runtimeError }
@@ -65,6 +65,7 @@ public struct PythonError: Error, CustomStringConvertible, Sendable {
 
     public var description: String { message }
 
+    @usableFromInline
     static func wrongType(_ expected: String, got value: PythonValue) -> PythonError {
         PythonError(.typeError, "expected \(expected), got \(value.typeName)")
     }
@@ -80,10 +81,12 @@ public protocol PythonConvertible: SendableMetatype {
 
 extension PythonValue: PythonConvertible {
     public init(python value: PythonValue) { self = value }
+    @inlinable
     public var pythonValue: PythonValue { self }
 }
 
 extension Int: PythonConvertible {
+    @inlinable
     public init(python value: PythonValue) throws(PythonError) {
         switch value {
         case .int(let int): self = int
@@ -91,10 +94,12 @@ extension Int: PythonConvertible {
         default: throw .wrongType("int", got: value)
         }
     }
+    @inlinable
     public var pythonValue: PythonValue { .int(self) }
 }
 
 extension Double: PythonConvertible {
+    @inlinable
     public init(python value: PythonValue) throws(PythonError) {
         switch value {
         case .float(let double): self = double
@@ -102,22 +107,27 @@ extension Double: PythonConvertible {
         default: throw .wrongType("float", got: value)
         }
     }
+    @inlinable
     public var pythonValue: PythonValue { .float(self) }
 }
 
 extension Bool: PythonConvertible {
+    @inlinable
     public init(python value: PythonValue) throws(PythonError) {
         guard case .bool(let bool) = value else { throw .wrongType("bool", got: value) }
         self = bool
     }
+    @inlinable
     public var pythonValue: PythonValue { .bool(self) }
 }
 
 extension String: PythonConvertible {
+    @inlinable
     public init(python value: PythonValue) throws(PythonError) {
         guard case .string(let string) = value else { throw .wrongType("str", got: value) }
         self = string
     }
+    @inlinable
     public var pythonValue: PythonValue { .string(self) }
 }
 
@@ -125,22 +135,27 @@ extension String: PythonConvertible {
 public struct PythonBytes: PythonConvertible, Sendable, Equatable {
     public var bytes: [UInt8]
     public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    @inlinable
     public init(python value: PythonValue) throws(PythonError) {
         guard case .bytes(let bytes) = value else { throw .wrongType("bytes", got: value) }
         self.bytes = bytes
     }
+    @inlinable
     public var pythonValue: PythonValue { .bytes(bytes) }
 }
 
 extension Optional: PythonConvertible where Wrapped: PythonConvertible {
+    @inlinable
     public init(python value: PythonValue) throws(PythonError) {
         if case .none = value { self = nil } else { self = try Wrapped(python: value) }
     }
+    @inlinable
     public var pythonValue: PythonValue { map(\.pythonValue) ?? PythonValue.none }
 }
 
 extension Array: PythonConvertible where Element: PythonConvertible {
     /// Accepts a list or a tuple.
+    @inlinable
     public init(python value: PythonValue) throws(PythonError) {
         switch value {
         case .list(let items), .tuple(let items):
@@ -157,10 +172,12 @@ extension Array: PythonConvertible where Element: PythonConvertible {
         default: throw .wrongType("list", got: value)
         }
     }
+    @inlinable
     public var pythonValue: PythonValue { .list(map(\.pythonValue)) }
 }
 
 extension Dictionary: PythonConvertible where Key: PythonConvertible, Value: PythonConvertible {
+    @inlinable
     public init(python value: PythonValue) throws(PythonError) {
         guard case .dict(let pairs) = value else { throw .wrongType("dict", got: value) }
         var result: [Key: Value] = [:]
@@ -174,6 +191,7 @@ extension Dictionary: PythonConvertible where Key: PythonConvertible, Value: Pyt
         }
         self = result
     }
+    @inlinable
     public var pythonValue: PythonValue { .dict(map { ($0.key.pythonValue, $0.value.pythonValue) }) }
 }
 
@@ -184,6 +202,7 @@ public struct PythonTuple<each Element: PythonConvertible>: PythonConvertible {
 
     public init(_ elements: repeat each Element) { self.elements = (repeat each elements) }
 
+    @inlinable
     public init(python value: PythonValue) throws(PythonError) {
         let items: [PythonValue]
         switch value {
@@ -203,6 +222,7 @@ public struct PythonTuple<each Element: PythonConvertible>: PythonConvertible {
         elements = (repeat try next((each Element).self))
     }
 
+    @inlinable
     public var pythonValue: PythonValue {
         var items: [PythonValue] = []
         for element in repeat each elements { items.append(element.pythonValue) }
@@ -217,8 +237,20 @@ public struct PythonFunction: Sendable {
     /// Run with the GIL released: for long pure-Swift work, so other Python threads run meanwhile.
     public let releasesGIL: Bool
     public let documentation: String
-    /// Converts the arguments, runs the function and converts its result.
-    public let call: @Sendable ([PythonValue]) throws -> PythonValue
+    /// Converts the arguments (exactly `arity` of them), runs the function and converts its result.
+    public let call: @Sendable (UnsafeBufferPointer<PythonValue>) throws -> PythonValue
+
+    /// A function offered to Python; `PythonExports.export` builds these.
+    public init(
+        name: String, arity: Int, releasesGIL: Bool, documentation: String,
+        call: @escaping @Sendable (UnsafeBufferPointer<PythonValue>) throws -> PythonValue
+    ) {
+        self.name = name
+        self.arity = arity
+        self.releasesGIL = releasesGIL
+        self.documentation = documentation
+        self.call = call
+    }
 }
 
 /// The functions a file offers to Python. Declare one per file, as a global named
@@ -229,6 +261,11 @@ public final class PythonExports: @unchecked Sendable {
     // Filled once by the builder closure in `init`, read-only afterwards.
     public private(set) var functions: [PythonFunction] = []
 
+    /// Adds a function built by hand (`export` is the typed way).
+    public func add(_ function: PythonFunction) {
+        functions.append(function)
+    }
+
     public init(_ build: (PythonExports) -> Void) {
         build(self)
     }
@@ -237,24 +274,30 @@ public final class PythonExports: @unchecked Sendable {
     /// through `PythonConvertible`; a wrong type raises `TypeError` naming the
     /// argument, a thrown `PythonError` its own exception, any other thrown error
     /// `apus.SwiftError`. `releasesGIL` runs the body without the GIL.
+    @inlinable  // specialised in the handler's module: no generic dispatch per call
     public func export<each Argument: PythonConvertible, Output: PythonConvertible>(
         _ name: String, releasesGIL: Bool = false, doc: String = "",
         _ body: @escaping @Sendable (repeat each Argument) throws -> Output
     ) {
         var arity = 0
         for _ in repeat (each Argument).self { arity += 1 }
-        let call: @Sendable ([PythonValue]) throws -> PythonValue = { arguments in
+        let call: @Sendable (UnsafeBufferPointer<PythonValue>) throws -> PythonValue = { arguments in
             var index = 0
-            func next<T: PythonConvertible>(_: T.Type) throws(PythonError) -> T {
-                defer { index += 1 }
-                do {
-                    return try T(python: arguments[index])
-                } catch {
-                    throw PythonError(error.kind, "argument \(index + 1): \(error.message)")
-                }
-            }
-            return try body(repeat try next((each Argument).self)).pythonValue
+            return try body(repeat try Self.argument(arguments, &index, as: (each Argument).self)).pythonValue
         }
-        functions.append(PythonFunction(name: name, arity: arity, releasesGIL: releasesGIL, documentation: doc, call: call))
+        add(PythonFunction(name: name, arity: arity, releasesGIL: releasesGIL, documentation: doc, call: call))
+    }
+
+    /// Converts the next argument; `index` is inout (not captured) so no dynamic exclusivity check runs per call.
+    @inlinable
+    static func argument<T: PythonConvertible>(
+        _ arguments: UnsafeBufferPointer<PythonValue>, _ index: inout Int, as _: T.Type
+    ) throws(PythonError) -> T {
+        defer { index += 1 }
+        do {
+            return try T(python: arguments[index])
+        } catch {
+            throw PythonError(error.kind, "argument \(index + 1): \(error.message)")
+        }
     }
 }

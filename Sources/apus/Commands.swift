@@ -112,9 +112,16 @@ struct Serve: AsyncParsableCommand {
             case .unix(let path): probe = .unix(path: path)
             case .tcp(let host, let port): probe = .tcp(host: host, port: port)
             }
+            // The `apus` Python package in the backend builds Swift modules with this same binary and cache.
+            var environment = ["APUS_CACHE_DIR": config.handlers.cacheDirectory]
+            if let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+                environment["APUS_BIN"] = executable
+            }
+            environment = environment.filter { ProcessInfo.processInfo.environment[$0.key] == nil }
+            environment.merge(config.backend.environment) { $1 }
             let backend = BackendSupervisor(
                 configuration: .init(
-                    command: command, directory: config.backend.workingDirectory, environment: config.backend.environment,
+                    command: command, directory: config.backend.workingDirectory, environment: environment,
                     probe: probe, readyTimeout: config.backend.readyTimeout, stopTimeout: config.backend.stopTimeout),
                 logger: logger, readinessChanged: { readiness.set($0) })
             supervisor = backend

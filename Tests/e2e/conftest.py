@@ -70,6 +70,7 @@ def can_connect_unix(path: str) -> bool:
 def child_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
+    env["APUS_BIN"] = str(APUS)  # for the apus Python package in a backend
     return env
 
 
@@ -122,7 +123,7 @@ class Managed:
 class Backend(Managed):
     """uvicorn (the quickstart app) or gunicorn (a WSGI app) on a Unix socket."""
 
-    def __init__(self, kind: str, socket_path: str, log_path: Path):
+    def __init__(self, kind: str, socket_path: str, log_path: Path, env=None):
         self.socket_path = socket_path
         if kind == "uvicorn":
             argv = [str(VENV_BIN / "uvicorn"), "app:app", "--uds", socket_path, "--no-access-log",
@@ -132,7 +133,7 @@ class Backend(Managed):
             argv = [str(VENV_BIN / "gunicorn"), "--bind", f"unix:{socket_path}", "--workers", "2", "--access-logfile", "-",
                     "wsgi_app:app"]
             cwd = Path(__file__).resolve().parent
-        super().__init__(argv, cwd, log_path)
+        super().__init__(argv, cwd, log_path, env)
 
     def start(self):
         if os.path.exists(self.socket_path):
@@ -234,8 +235,10 @@ def processes():
 
 
 @pytest.fixture
-def uvicorn_backend(tmp_path, processes) -> Backend:
-    backend = Backend("uvicorn", str(tmp_path / "backend.sock"), tmp_path / "backend.log").start()
+def uvicorn_backend(tmp_path, processes, handler_cache) -> Backend:
+    # The app imports a Swift module (apus.load): it shares the test run's compile cache.
+    env = child_env() | {"APUS_CACHE_DIR": str(handler_cache)}
+    backend = Backend("uvicorn", str(tmp_path / "backend.sock"), tmp_path / "backend.log", env=env).start()
     processes.append(backend)
     return backend
 

@@ -3,12 +3,16 @@
 Apus sits in front of it. `GET /orderbook/{symbol}` is served natively by
 handlers/orderbook.swift; every other route reaches this app over a Unix socket.
 `/py/orderbook/{symbol}` is the same endpoint in Python, for comparison: both
-produce byte-identical bodies.
+produce byte-identical bodies. `/account/orderbook/{symbol}` must stay in Python
+(it checks an API key) yet imports the native route's Swift serializer with
+`apus.load`, so its body is the native route's, byte for byte.
 """
 
 import asyncio
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import orjson
 
@@ -44,6 +48,32 @@ async def py_orderbook_orjson(request: Request) -> Response:
     symbol = request.path_params["symbol"]
     try:
         body = orderbook.render(symbol, int(request.query_params.get("n", "200")), dumps=orjson.dumps)
+    except ValueError as error:
+        return JSONResponse({"error": str(error)}, status_code=422)
+    return Response(body, media_type="application/json")
+
+
+API_KEY = os.environ.get("QUICKSTART_API_KEY", "demo-key")
+_swift_orderbook = None
+
+
+async def swift_orderbook():
+    """handlers/orderbook.swift as a Python module, compiled (cached) on first use."""
+    global _swift_orderbook
+    if _swift_orderbook is None:
+        import apus  # the apus Python package: pip install ./python
+        source = Path(__file__).with_name("handlers") / "orderbook.swift"
+        _swift_orderbook = await asyncio.to_thread(apus.load, source)
+    return _swift_orderbook
+
+
+async def account_orderbook(request: Request) -> Response:
+    """Python-only logic (an API key check) around the native route's Swift serializer."""
+    if request.headers.get("x-api-key") != API_KEY:
+        return JSONResponse({"error": "missing or wrong X-API-Key"}, status_code=401)
+    module = await swift_orderbook()
+    try:
+        body = module.orderbook_json(request.path_params["symbol"], int(request.query_params.get("n", "200")))
     except ValueError as error:
         return JSONResponse({"error": str(error)}, status_code=422)
     return Response(body, media_type="application/json")
@@ -177,6 +207,7 @@ app = Starlette(routes=[
     Route("/py/orderbook/{symbol}", py_orderbook),
     Route("/orderbook/{symbol}", py_orderbook),
     Route("/py/orderbook-orjson/{symbol}", py_orderbook_orjson),
+    Route("/account/orderbook/{symbol}", account_orderbook),
     Route("/headers", headers, methods=["GET", "POST"]),
     Route("/upload", upload, methods=["POST", "PUT"]),
     Route("/download", download),

@@ -36,10 +36,6 @@ public enum ApusPythonBridge {
                 return nil
             }
         }
-        if let errorClass {
-            apus_py_incref(errorClass)
-            if PyModule_AddObject(module, "SwiftError", errorClass) != 0 { apus_py_decref(errorClass) }
-        }
         return OpaquePointer(module)
     }
 
@@ -78,29 +74,33 @@ private final class FunctionBox {
                 apus_py_exc_type_error(), "\(function.name)() takes \(function.arity) argument\(plural) (\(count) given)")
             return nil
         }
-        var values: [PythonValue] = []
-        values.reserveCapacity(count)
-        for index in 0..<count {
-            do {
-                values.append(try PythonConversion.value(arguments![index], depth: 0))
-            } catch {
-                raise(PythonError(error.kind, "\(function.name)() argument \(index + 1): \(error.message)"))
-                return nil
+        // Arguments live on the stack for the call: no array allocation per call.
+        let result: Result<PythonValue, any Error>? = withUnsafeTemporaryAllocation(of: PythonValue.self, capacity: count) { values in
+            for index in 0..<count {
+                do throws(PythonError) {
+                    (values.baseAddress! + index).initialize(to: try PythonConversion.value(arguments![index], depth: 0))
+                } catch {
+                    values.baseAddress!.deinitialize(count: index)
+                    raise(PythonError(error.kind, "\(function.name)(): argument \(index + 1): \(error.message)"))
+                    return nil
+                }
             }
-        }
-        let result: Result<PythonValue, any Error>
-        if function.releasesGIL {
+            defer { values.baseAddress?.deinitialize(count: count) }
+            let arguments = UnsafeBufferPointer(values)
+            guard function.releasesGIL else { return Result { try function.call(arguments) } }
             let state = PyEval_SaveThread()
-            result = Result { try function.call(values) }
-            PyEval_RestoreThread(state)
-        } else {
-            result = Result { try function.call(values) }
+            defer { PyEval_RestoreThread(state) }
+            return Result { try function.call(arguments) }
         }
+        guard let result else { return nil }
         switch result {
         case .success(let value):
             return PythonConversion.object(value)
         case .failure(let error as PythonError):
             raise(PythonError(error.kind, "\(function.name)(): \(error.message)"))
+        case .failure(let error as HTTPError) where (400..<500).contains(error.status):
+            // A handler's "bad input" answer: in Python, that is a ValueError.
+            raise(PythonError(.valueError, "\(function.name)(): \(error.message)"))
         case .failure(let error):
             PyErr_SetString(errorClass ?? apus_py_exc_runtime_error(), "\(function.name)(): \(error)")
         }

@@ -30,12 +30,11 @@ func isSymbol(_ text: String) -> Bool {
     (1...8).contains(text.utf8.count) && text.utf8.allSatisfy { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }
 }
 
-let handler = Handler.inline { request in
-    let symbol = request.pathParameters["symbol"] ?? ""
+/// The order book for `symbol` as compact JSON: the one serializer behind the
+/// native route and the Python import below.
+func orderbookJSON(symbol: String, count: Int) throws(HTTPError) -> [UInt8] {
     guard isSymbol(symbol) else { throw HTTPError(422, "symbol must be 1-8 upper-case letters") }
-    guard let count = Int(request.queryParameter("n") ?? "200"), (1...10_000).contains(count) else {
-        throw HTTPError(422, "n must be between 1 and 10000")
-    }
+    guard (1...10_000).contains(count) else { throw HTTPError(422, "n must be between 1 and 10000") }
     var random = SplitMix64(state: fnv1a(symbol))
     var orders: [Order] = []
     orders.reserveCapacity(count)
@@ -54,23 +53,36 @@ let handler = Handler.inline { request in
         totalQty += order.qty
         notional += order.price * Double(order.qty)
     }
-    return .json { json in
-        json.object { doc in
-            doc.field("symbol", symbol)
-            doc.field("count", count)
-            doc.field("total_qty", totalQty)
-            doc.field("notional", notional)
-            doc.field("orders", array: { list in
-                for order in orders {
-                    list.object { o in
-                        o.field("symbol", symbol)
-                        o.field("price", order.price)
-                        o.field("qty", order.qty)
-                        o.field("side", order.side)
-                        o.field("ts", order.ts)
-                    }
+    var json = JSONWriter(capacity: 96 + count * 88)
+    json.object { doc in
+        doc.field("symbol", symbol)
+        doc.field("count", count)
+        doc.field("total_qty", totalQty)
+        doc.field("notional", notional)
+        doc.field("orders", array: { list in
+            for order in orders {
+                list.object { o in
+                    o.field("symbol", symbol)
+                    o.field("price", order.price)
+                    o.field("qty", order.qty)
+                    o.field("side", order.side)
+                    o.field("ts", order.ts)
                 }
-            })
-        }
+            }
+        })
+    }
+    return json.bytes
+}
+
+let handler = Handler.inline { request in
+    guard let count = Int(request.queryParameter("n") ?? "200") else { throw HTTPError(422, "n must be between 1 and 10000") }
+    return .json(bytes: try orderbookJSON(symbol: request.pathParameters["symbol"] ?? "", count: count))
+}
+
+// The same serializer, imported by the Python app (app.py) for a route that must
+// stay in Python. A thrown 4xx HTTPError reaches Python as ValueError.
+let python = PythonExports { python in
+    python.export("orderbook_json", doc: "orderbook_json(symbol, n) -> bytes: the native route's body") { (symbol: String, count: Int) in
+        PythonBytes(try orderbookJSON(symbol: symbol, count: count))
     }
 }
