@@ -20,3 +20,11 @@ def test_bench_smoke_runs_every_scenario_without_errors():
     rows = [line for line in out.splitlines() if line.startswith("| ") and ("| apus |" in line or "| nginx |" in line)]
     assert len(rows) == 12, out
     assert all(line.rstrip(" |").endswith("| 0") for line in rows), out
+
+
+def test_python_call_bench_smoke_checks_identical_bytes(handler_cache):
+    env = dict(__import__("os").environ, APUS_BIN=str(APUS), APUS_CACHE_DIR=str(handler_cache))
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "python_calls.py"), "--smoke"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "order book: Swift is" in result.stdout and "trivial call overhead" in result.stdout, result.stdout

@@ -247,3 +247,32 @@ def test_quickstart_python_route_serves_the_native_routes_bytes(gateway):
     invalid = httpx.get(f"{gateway.url}/account/orderbook/bad?n=2", headers={"X-API-Key": "demo-key"})
     assert invalid.status_code == 422 and "upper-case" in invalid.json()["error"]
     assert httpx.get(f"{gateway.url}/orderbook/bad?n=2").status_code == 422
+
+
+def other_interpreters() -> list[str]:
+    """Other CPython 3.x versions on this machine (pyenv's), for the header-only shim."""
+    found = set()
+    for root in [Path.home() / ".pyenv" / "versions", Path("/usr/bin")]:
+        for candidate in sorted(root.glob("3.1*/bin/python3")) + sorted(root.glob("python3.1?")):
+            version = subprocess.run([str(candidate), "-c", "import sys; print(sys.version_info[:2])"],
+                                     capture_output=True, text=True).stdout.strip()
+            if version and version != str(sys.version_info[:2]):
+                found.add((version, str(candidate)))
+    return [path for _, path in sorted(dict(found).items())] if found else []
+
+
+@pytest.mark.parametrize("interpreter", other_interpreters() or [pytest.param(None, marks=pytest.mark.skip("no other Python 3.1x"))])
+def test_the_same_file_imports_under_other_python_versions(cache, interpreter):
+    script = textwrap.dedent("""\
+        import sys, apus
+        probe = apus.load(sys.argv[1])
+        assert probe.identity({"a": [1, 2.5, None, (b"x", True)]}) == {"a": [1, 2.5, None, (b"x", True)]}
+        try:
+            probe.add(2**70, 1)
+        except OverflowError:
+            print(sys.version_info[:2], "ok")
+        """)
+    env = python_env(cache, PYTHONPATH=str(Path(apus.__file__).resolve().parents[1]))
+    done = subprocess.run([interpreter, "-c", script, str(PYSWIFT / "probe.swift")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
