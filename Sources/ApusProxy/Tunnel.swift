@@ -12,6 +12,9 @@ public protocol TunnelEnd: AnyObject {
     func tunnelFlush()
     /// Stops or resumes reading from this end (back-pressure from the other end).
     func tunnelSetReading(_ enabled: Bool)
+    /// The other end will send nothing more (its peer half-closed): finish this
+    /// end's output after what is already written, and keep reading.
+    func tunnelShutdownOutput()
     /// Closes this end; `goingAway` asks for a WebSocket close 1001 first where it can be sent.
     func tunnelClose(goingAway: Bool)
     /// Whether this end can take more bytes now.
@@ -20,8 +23,11 @@ public protocol TunnelEnd: AnyObject {
 
 /// Raw bytes between two channels, with back-pressure both ways: a side is not
 /// read while the other side's outbound buffer is full, so nothing is buffered
-/// beyond the channels' write-buffer watermarks. Either side closing closes the
-/// other. Lives on the event loop both channels share.
+/// beyond the channels' write-buffer watermarks. A half-close (EOF on one side,
+/// with the channel's `allowRemoteHalfClosure` on) shuts the other side's output
+/// and the tunnel goes on in the other direction; a channel closes once both of
+/// its directions are done, and either side closing closes the other. Lives on
+/// the event loop both channels share.
 public final class TunnelHandler: ChannelDuplexHandler, TunnelEnd {
     public typealias InboundIn = ByteBuffer
     public typealias OutboundIn = ByteBuffer
@@ -33,6 +39,8 @@ public final class TunnelHandler: ChannelDuplexHandler, TunnelEnd {
     private var readHeld = false
     private var readingEnabled = true
     private var closed = false
+    private var inputClosed = false
+    private var outputClosed = false
     private let frames: WebSocketFrameBoundary?
     private let onClose: (() -> Void)?
     private let shutdownGrace: TimeAmount
@@ -76,6 +84,12 @@ public final class TunnelHandler: ChannelDuplexHandler, TunnelEnd {
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            inputClosed = true
+            partner?.tunnelShutdownOutput()
+            if outputClosed { context.close(promise: nil) }
+            return
+        }
         if event is ChannelShouldQuiesceEvent {
             // Graceful shutdown: a tunnel has no request boundary to wait for. It may run
             // on for the grace period; then the client hears the server is going away (1001).
@@ -116,6 +130,22 @@ public final class TunnelHandler: ChannelDuplexHandler, TunnelEnd {
         }
     }
 
+    public func tunnelShutdownOutput() {
+        guard let context, !closed, !outputClosed else { return }
+        outputClosed = true
+        let bothDone = inputClosed
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in
+            guard !bothDone else {
+                context.close(promise: nil)
+                return
+            }
+            // TCP (and TLS, with close_notify) can shut one direction; where a channel cannot, it closes.
+            let shutdown = context.eventLoop.makePromise(of: Void.self)
+            shutdown.futureResult.assumeIsolated().whenFailure { _ in context.close(promise: nil) }
+            context.close(mode: .output, promise: shutdown)
+        }
+    }
+
     public func tunnelClose(goingAway: Bool) {
         guard let context, !closed else { return }
         if goingAway, let frames, frames.atBoundary {
@@ -125,7 +155,7 @@ public final class TunnelHandler: ChannelDuplexHandler, TunnelEnd {
         finish()
         let partner = self.partner
         self.partner = nil
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in context.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         partner?.tunnelClose(goingAway: false)
     }
 

@@ -39,8 +39,11 @@ public final class UpgradeExchange {
         let exchange = NIOLoopBound(self, eventLoop: eventLoop)
         ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.connectTimeout)
+            // A backend's EOF is a half-close of the tunnel, not the end of it.
+            .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(EndOfInputGate())
                     // Bytes after the 101 must reach the tunnel, not be dropped with the decoder.
                     try channel.pipeline.syncOperations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
                     try channel.pipeline.syncOperations.addHandler(UpgradeResponseHandler(exchange: exchange.value))
@@ -54,8 +57,9 @@ public final class UpgradeExchange {
                     exchange.channel = channel
                     channel.write(HTTPClientRequestPart.head(exchange.head), promise: nil)
                     channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+                    let bound = NIOLoopBound(exchange, eventLoop: exchange.eventLoop)
                     exchange.responseTimer = exchange.eventLoop.scheduleTask(in: exchange.settings.responseTimeout) {
-                        if !exchange.responseStarted { exchange.fail(.responseTimeout) }
+                        if !bound.value.responseStarted { bound.value.fail(.responseTimeout) }
                     }
                 case .failure(let error):
                     if case ChannelError.connectTimeout = error {
@@ -104,6 +108,8 @@ public final class UpgradeExchange {
         let pipeline = context.pipeline.syncOperations
         let tunnel = TunnelHandler(tracksServerFrames: false)
         do {
+            // An EOF right behind the 101 waits until the decoder has handed over the bytes before it.
+            try pipeline.handler(type: EndOfInputGate.self).hold()
             try pipeline.addHandler(tunnel)
             downstream?.upgradeAccepted(response, tunnel: tunnel)
             let bound = NIOLoopBound(context.pipeline, eventLoop: context.eventLoop)
@@ -115,8 +121,19 @@ public final class UpgradeExchange {
                 if let validator = try? pipeline.handler(type: NIOHTTPRequestHeadersValidator.self) {
                     pipeline.removeHandler(validator, promise: nil)
                 }
+                // The decoder leaves asynchronously, forwarding its bytes as it goes; only then may a held EOF follow.
+                let decoderRemoved = bound.value.eventLoop.makePromise(of: Void.self)
                 if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self) {
-                    pipeline.removeHandler(decoder, promise: nil)
+                    pipeline.removeHandler(decoder, promise: decoderRemoved)
+                } else {
+                    decoderRemoved.succeed()
+                }
+                decoderRemoved.futureResult.assumeIsolated().whenComplete { _ in
+                    let pipeline = bound.value.syncOperations
+                    if let gate = try? pipeline.handler(type: EndOfInputGate.self) {
+                        gate.release()
+                        pipeline.removeHandler(gate, promise: nil)
+                    }
                 }
             }
         } catch {
@@ -159,8 +176,50 @@ private final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChan
         context.fireChannelInactive()
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The backend stopped sending before switching protocols: the answer (if any) is complete.
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            exchange.closed()
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
+    }
+}
+
+/// Sits in front of the HTTP decoder. Once the backend has switched protocols, an
+/// end of input (EOF) is held back until the decoder is gone: the decoder drops the
+/// bytes it still holds when it sees EOF, and those bytes belong to the tunnel.
+private final class EndOfInputGate: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    private var context: ChannelHandlerContext?
+    private var holding = false
+    private var held = false
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func hold() { holding = true }
+
+    /// Passes on a held end of input, now that the tunnel is in place.
+    func release() {
+        holding = false
+        if held, let context {
+            held = false
+            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if holding, let event = event as? ChannelEvent, event == .inputClosed {
+            held = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 

@@ -114,6 +114,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var generation = 0
     private var readingPaused = false
     private var readPending = false
+    /// An HTTP/2 WebSocket stream whose backend half-closed has sent END_STREAM already.
+    private var tunnelOutputEnded = false
 
     init(loop: LoopState, shared: GatewayShared) {
         self.loop = loop
@@ -349,8 +351,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // The error response is out; the connection closes once it is written.
             break
         case .tunnel(let tunnel):
-            // The client ended its side of an HTTP/2 WebSocket stream.
-            tunnel.tunnelClose(goingAway: false)
+            // The client ended its side of an HTTP/2 WebSocket stream: a half-close towards the backend.
+            tunnel.tunnelShutdownOutput()
         case .idle, .upgrading:
             break
         }
@@ -709,6 +711,8 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
             let pipeline = context.pipeline.syncOperations
             do {
                 try Self.removeHTTPHandlers(pipeline)
+                // From now on a client's EOF half-closes the tunnel instead of ending it.
+                try context.channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
                 try pipeline.addHandler(IdleStateHandler(allTimeout: idleTimeout))
                 try pipeline.addHandler(clientEnd)
                 clientEnd.partner = tunnel
@@ -760,11 +764,18 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
 
     func tunnelSetReading(_ enabled: Bool) { setReading(enabled) }
 
+    func tunnelShutdownOutput() {
+        // The backend half-closed: END_STREAM on our side; the client's DATA keeps flowing until its own.
+        guard case .tunnel = state, !tunnelOutputEnded, let context else { return }
+        tunnelOutputEnded = true
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
     func tunnelClose(goingAway: Bool) {
         guard case .tunnel(let tunnel) = state, let context else { return }
         state = .rejecting
         shared.tunnels.release()
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        if !tunnelOutputEnded { context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil) }
         tunnel.tunnelClose(goingAway: false)
     }
 

@@ -79,7 +79,7 @@ actor GatewayReloader {
         } catch {
             return record(ok: false, "reload failed, the running handlers stay:\n\(error)")
         }
-        let certificateFailures = await server.reloadCertificates(reason: reason)
+        let certificateFailures = server.reloadCertificates(reason: reason)
         await server.swapRouter(result.router)
         admin?.routerSwapped(result.router)
         let restartNeeded = restartOnlyChanges(from: config, to: newConfig)

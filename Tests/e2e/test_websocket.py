@@ -1,10 +1,13 @@
 """WebSocket passthrough to a real uvicorn app, over HTTP/1.1 upgrade and HTTP/2 extended CONNECT (RFC 8441)."""
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -168,3 +171,111 @@ def test_websocket_over_http2_extended_connect(gateway):
     assert echoed == bytes([0x81, 7]) + b"over h2"  # an unmasked server text frame
     sock.close()
     assert '"CONNECT /ws/echo HTTP/2.0" 200' in gateway.log()
+
+
+@pytest.fixture
+def halfclose_gateway(tmp_path, gateway_factory, processes):
+    from conftest import Managed, can_connect_unix, wait_for
+    socket_path, record = str(tmp_path / "raw.sock"), tmp_path / "record.bin"
+    backend = Managed([sys.executable, str(Path(__file__).with_name("halfclose_backend.py")), socket_path, str(record)],
+                      tmp_path, tmp_path / "raw-backend.log").start()
+    processes.append(backend)
+    wait_for(lambda: can_connect_unix(socket_path), 10, "raw backend")
+    return gateway_factory(f"unix:{socket_path}"), record
+
+
+def upgrade_request(path: str) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+def read_until_eof(sock) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_backend_half_close_reaches_the_client_and_the_client_can_still_send(halfclose_gateway):
+    gateway, record = halfclose_gateway
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(upgrade_request("/server-first"))
+        received = read_until_eof(sock)  # the backend's EOF arrives as ours: the tunnel is half-closed
+        assert received.startswith(b"HTTP/1.1 101"), received
+        assert received.endswith(b"\r\n\r\nserver bytes, then EOF"), received
+        payload = os.urandom(300_000)
+        sock.sendall(payload)  # our direction still flows
+        sock.shutdown(socket.SHUT_WR)
+        wait_for(lambda: record.exists() and record.stat().st_size == len(payload), 10, "the backend to record our bytes")
+        assert record.read_bytes() == payload
+        assert sock.recv(1) == b""  # and once both sides are done, the connection is closed
+
+
+def test_client_half_close_reaches_the_backend_which_still_answers(halfclose_gateway):
+    gateway, _ = halfclose_gateway
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(upgrade_request("/client-first"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        payload = os.urandom(2_000_000)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        answer = head.split(b"\r\n\r\n", 1)[1] + read_until_eof(sock)
+        assert answer == b"got %d bytes, sha256 %s" % (len(payload), hashlib.sha256(payload).hexdigest().encode())
+
+
+def open_h2_websocket(port: int, path: str):
+    """A raw HTTP/2 connection with one RFC 8441 extended CONNECT stream (id 1) open."""
+    from hpack import Decoder, Encoder
+    from hyperframe.frame import HeadersFrame, SettingsFrame
+    from test_tls_h2 import raw_frames
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(5)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize())
+    raw_frames(sock, lambda f: any(isinstance(x, SettingsFrame) and "ACK" not in x.flags for x in f))
+    ack = SettingsFrame(0)
+    ack.flags.add("ACK")
+    headers = HeadersFrame(1)
+    headers.data = Encoder().encode([(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                                     (":path", path), (":authority", f"127.0.0.1:{port}"), ("sec-websocket-version", "13")])
+    headers.flags.add("END_HEADERS")
+    sock.sendall(ack.serialize() + headers.serialize())
+    frames = raw_frames(sock, lambda f: any(isinstance(x, HeadersFrame) and x.stream_id == 1 for x in f))
+    assert dict(Decoder().decode(next(f for f in frames if isinstance(f, HeadersFrame)).data))[":status"] == "200"
+    return sock, frames
+
+
+def test_http2_websocket_half_close_both_ways(halfclose_gateway):
+    from hyperframe.frame import DataFrame
+    from test_tls_h2 import raw_frames
+
+    def ended(frames):
+        return any(isinstance(x, DataFrame) and "END_STREAM" in x.flags and x.stream_id == 1 for x in frames)
+
+    gateway, record = halfclose_gateway
+    # Client first: our END_STREAM is the backend's EOF; its answer and its END_STREAM come back.
+    sock, frames = open_h2_websocket(gateway.port, "/client-first")
+    payload = os.urandom(40_000)  # within the initial flow-control window, in frames of at most 16 KiB
+    for offset in range(0, len(payload), 16_384):
+        data = DataFrame(1)
+        data.data = payload[offset:offset + 16_384]
+        if offset + 16_384 >= len(payload):
+            data.flags.add("END_STREAM")
+        sock.sendall(data.serialize())
+    frames += raw_frames(sock, ended)
+    answer = b"".join(f.data for f in frames if isinstance(f, DataFrame) and f.stream_id == 1)
+    assert answer == b"got %d bytes, sha256 %s" % (len(payload), hashlib.sha256(payload).hexdigest().encode())
+    sock.close()
+    # Server first: the backend's EOF is our END_STREAM; what we send afterwards still reaches it.
+    sock, frames = open_h2_websocket(gateway.port, "/server-first")
+    frames += raw_frames(sock, ended)
+    assert b"".join(f.data for f in frames if isinstance(f, DataFrame)) == b"server bytes, then EOF"
+    data = DataFrame(1)
+    data.data = b"after the backend's EOF"
+    data.flags.add("END_STREAM")
+    sock.sendall(data.serialize())
+    wait_for(lambda: record.exists() and record.read_bytes() == b"after the backend's EOF", 10, "the backend to record our bytes")
+    sock.close()
