@@ -77,21 +77,65 @@ extension JSON: JSONWritable {
 }
 
 /// A fast, allocation-light JSON writer that appends compact UTF-8 straight into
-/// one byte array: no intermediate tree, no Foundation.
+/// one growing buffer: no intermediate tree, no Foundation.
+///
+/// It owns its memory and is non-copyable, so each append is a bounds check and a
+/// store (no reference counting, no copy-on-write check); `bytes` copies the text
+/// out once at the end.
 ///
 /// The output matches Python's `json.dumps(v, separators=(",", ":"), ensure_ascii=False)`
 /// and `orjson.dumps(v)` for strings, integers, booleans and null; doubles use
 /// the shortest round-trip form, as both do for ordinary magnitudes.
-public struct JSONWriter: Sendable {
-    /// The JSON text written so far.
-    public var bytes: [UInt8]
+public struct JSONWriter: ~Copyable, @unchecked Sendable {
+    @usableFromInline var base: UnsafeMutablePointer<UInt8>
+    @usableFromInline var count = 0
+    @usableFromInline var capacity: Int
     @usableFromInline var needsSeparator = false
 
     /// Creates a writer, reserving `capacity` bytes up front.
     @inlinable
     public init(capacity: Int = 256) {
-        bytes = []
-        bytes.reserveCapacity(capacity)
+        self.capacity = max(capacity, 16)
+        base = .allocate(capacity: self.capacity)
+    }
+
+    deinit { base.deallocate() }
+
+    /// The JSON text written so far.
+    @inlinable
+    public var bytes: [UInt8] { Array(UnsafeBufferPointer(start: base, count: count)) }
+
+    /// Makes room for `extra` more bytes.
+    @inlinable @inline(__always)
+    mutating func reserve(_ extra: Int) {
+        if count &+ extra > capacity { grow(count &+ extra) }
+    }
+
+    @usableFromInline
+    mutating func grow(_ needed: Int) {
+        let newCapacity = max(needed, capacity &* 2)
+        let newBase = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
+        newBase.update(from: base, count: count)
+        base.deallocate()
+        base = newBase
+        capacity = newCapacity
+    }
+
+    /// Appends one byte.
+    @inlinable @inline(__always)
+    public mutating func appendByte(_ byte: UInt8) {
+        reserve(1)
+        base[count] = byte
+        count &+= 1
+    }
+
+    /// Appends bytes as they are.
+    @inlinable @inline(__always)
+    public mutating func appendBytes(_ bytes: UnsafeRawBufferPointer) {
+        guard let source = bytes.baseAddress, bytes.count > 0 else { return }
+        reserve(bytes.count)
+        UnsafeMutableRawPointer(base + count).copyMemory(from: source, byteCount: bytes.count)
+        count &+= bytes.count
     }
 
     /// Writes one value (at the top level or as an array element).
@@ -128,10 +172,10 @@ public struct JSONWriter: Sendable {
     @inlinable
     public mutating func object(_ body: (inout JSONWriter) throws -> Void) rethrows {
         separate()
-        bytes.append(UInt8(ascii: "{"))
+        appendByte(UInt8(ascii: "{"))
         needsSeparator = false
         try body(&self)
-        bytes.append(UInt8(ascii: "}"))
+        appendByte(UInt8(ascii: "}"))
         needsSeparator = true
     }
 
@@ -139,10 +183,10 @@ public struct JSONWriter: Sendable {
     @inlinable
     public mutating func array(_ body: (inout JSONWriter) throws -> Void) rethrows {
         separate()
-        bytes.append(UInt8(ascii: "["))
+        appendByte(UInt8(ascii: "["))
         needsSeparator = false
         try body(&self)
-        bytes.append(UInt8(ascii: "]"))
+        appendByte(UInt8(ascii: "]"))
         needsSeparator = true
     }
 
@@ -151,77 +195,126 @@ public struct JSONWriter: Sendable {
     public mutating func key(_ key: String) {
         separate()
         appendString(key)
-        bytes.append(UInt8(ascii: ":"))
+        appendByte(UInt8(ascii: ":"))
         needsSeparator = false
     }
 
     @inlinable @inline(__always)
     mutating func separate() {
-        if needsSeparator { bytes.append(UInt8(ascii: ",")) }
+        if needsSeparator { appendByte(UInt8(ascii: ",")) }
     }
 
     /// Appends text as it is; for literals such as `true`.
     @inlinable
     public mutating func appendRaw(_ text: StaticString) {
-        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        appendBytes(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
-    /// Appends a decimal integer without going through `String`.
+    /// Appends a decimal integer without going through `String`: digits are
+    /// written backwards straight into the buffer's free space.
     @inlinable
     public mutating func appendInteger(_ value: Int) {
-        if value == 0 {
-            bytes.append(UInt8(ascii: "0"))
-            return
-        }
         var magnitude = value.magnitude
-        if value < 0 { bytes.append(UInt8(ascii: "-")) }
-        let start = bytes.count
-        while magnitude > 0 {
-            bytes.append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: magnitude % 10))
-            magnitude /= 10
+        var digits = 1
+        var rest = magnitude / 10
+        while rest > 0 {
+            digits &+= 1
+            rest /= 10
         }
-        bytes[start...].reverse()
+        let length = digits &+ (value < 0 ? 1 : 0)
+        reserve(length)
+        var position = count &+ length
+        repeat {
+            position &-= 1
+            base[position] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: magnitude % 10)
+            magnitude /= 10
+        } while magnitude > 0
+        if value < 0 { base[count] = UInt8(ascii: "-") }
+        count &+= length
     }
 
-    /// Appends a double in shortest round-trip form; NaN and infinities, which
-    /// JSON cannot hold, become `null`.
+    /// Appends a double in shortest round-trip form (as Swift's `description` and
+    /// Python's `repr` write it); NaN and infinities, which JSON cannot hold, become
+    /// `null`. Values with at most two decimals (prices) take a fast path that
+    /// writes the same digits without formatting a `String`.
     @inlinable
     public mutating func appendDouble(_ value: Double) {
         guard value.isFinite else {
             appendRaw("null")
             return
         }
-        bytes.append(contentsOf: value.description.utf8)
+        // If `cents / 100` (correctly rounded) gives back `value`, that decimal round-trips; below
+        // 1e13 doubles are far closer together than 0.01, so no shorter decimal does.
+        if value.magnitude < 1e13 {
+            let cents = Int((value * 100).rounded())
+            if Double(cents) / 100 == value {
+                let whole = cents / 100
+                let fraction = (cents % 100).magnitude
+                if whole == 0 && value.sign == .minus { appendByte(UInt8(ascii: "-")) }
+                appendInteger(whole)
+                reserve(3)
+                base[count] = UInt8(ascii: ".")
+                base[count &+ 1] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: fraction / 10)
+                count &+= 2
+                if fraction % 10 != 0 {
+                    base[count] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: fraction % 10)
+                    count &+= 1
+                }
+                return
+            }
+        }
+        var text = value.description
+        text.withUTF8 { appendBytes(UnsafeRawBufferPointer($0)) }
     }
 
-    /// Appends a quoted, escaped string.
+    /// Appends a quoted, escaped string. The common case (nothing to escape) is
+    /// one scan and one copy, small enough to inline into the handler.
     @inlinable
     public mutating func appendString(_ text: String) {
-        bytes.append(UInt8(ascii: "\""))
         var text = text
         text.withUTF8 { utf8 in
-            var runStart = 0
-            for index in 0..<utf8.count {
-                let byte = utf8[index]
-                guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
-                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<index]))
-                runStart = index + 1
-                switch byte {
-                case UInt8(ascii: "\""): appendRaw("\\\"")
-                case UInt8(ascii: "\\"): appendRaw("\\\\")
-                case 0x0A: appendRaw("\\n")
-                case 0x0D: appendRaw("\\r")
-                case 0x09: appendRaw("\\t")
-                case 0x08: appendRaw("\\b")
-                case 0x0C: appendRaw("\\f")
-                default:
-                    appendRaw("\\u00")
-                    bytes.append(byte >> 4 < 10 ? UInt8(ascii: "0") + byte >> 4 : UInt8(ascii: "a") + byte >> 4 - 10)
-                    bytes.append(byte & 0xF < 10 ? UInt8(ascii: "0") + byte & 0xF : UInt8(ascii: "a") + (byte & 0xF) - 10)
-                }
+            reserve(utf8.count &+ 2)
+            var clean = true
+            for byte in utf8 where byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
+                clean = false
+                break
             }
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<utf8.count]))
+            guard clean else {
+                appendEscaped(utf8)
+                return
+            }
+            base[count] = UInt8(ascii: "\"")
+            if let source = utf8.baseAddress { (base + (count &+ 1)).update(from: source, count: utf8.count) }
+            base[count &+ 1 &+ utf8.count] = UInt8(ascii: "\"")
+            count &+= utf8.count &+ 2
         }
-        bytes.append(UInt8(ascii: "\""))
+    }
+
+    /// The slow path of `appendString`: a string with quotes, backslashes or control characters.
+    @usableFromInline
+    mutating func appendEscaped(_ utf8: UnsafeBufferPointer<UInt8>) {
+        appendByte(UInt8(ascii: "\""))
+        var runStart = 0
+        for index in 0..<utf8.count {
+            let byte = utf8[index]
+            guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
+            appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(utf8)[runStart..<index]))
+            runStart = index + 1
+            switch byte {
+            case UInt8(ascii: "\""): appendRaw("\\\"")
+            case UInt8(ascii: "\\"): appendRaw("\\\\")
+            case 0x0A: appendRaw("\\n")
+            case 0x0D: appendRaw("\\r")
+            case 0x09: appendRaw("\\t")
+            case 0x08: appendRaw("\\b")
+            case 0x0C: appendRaw("\\f")
+            default:
+                appendRaw("\\u00")
+                appendByte(byte >> 4 < 10 ? UInt8(ascii: "0") + byte >> 4 : UInt8(ascii: "a") + byte >> 4 - 10)
+                appendByte(byte & 0xF < 10 ? UInt8(ascii: "0") + byte & 0xF : UInt8(ascii: "a") + (byte & 0xF) - 10)
+            }
+        }
+        appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(utf8)[runStart..<utf8.count]))
+        appendByte(UInt8(ascii: "\""))
     }
 }

@@ -18,6 +18,15 @@ struct JSONWriterTests {
         #expect(text(.int(Int.min)) == "-9223372036854775808")
         #expect(text(0.1) == "0.1")
         #expect(text(129.76) == "129.76")
+        // The two-decimal fast path writes what `description` (and Python's repr) would.
+        for cents in [0, 1, 5, 10, 99, 100, 101, 14890, 12_999, -1, -50, -125, 123_456_789_012] {
+            let value = Double(cents) / 100
+            #expect(text(.double(value)) == value.description, "\(value)")
+        }
+        #expect(text(-0.0) == "-0.0")
+        #expect(text(114742.81999999999) == "114742.81999999999")
+        #expect(text(1e16) == "1e+16")
+        #expect(text(0.001) == "0.001")
         #expect(text(100.0) == "100.0")
         #expect(text(.double(.nan)) == "null")
     }
