@@ -18,23 +18,18 @@ public struct RouteTable<Target: Sendable>: Sendable {
         let target: Target
     }
 
-    private final class Node: @unchecked Sendable {
-        // Mutated only while the table is being built; read-only afterwards.
-        var literals: [String: Node] = [:]
-        var parameter: (name: String, node: Node)?
-        var catchAll: (name: String, node: Node)?
-        var byMethod: [String: Entry] = [:]
-        var anyMethod: Entry?
-    }
-
-    private let root = Node()
+    // The tree holds indices into `entries`, so that it and the lookup are not generic:
+    // a lookup runs specialised code with no type-metadata work per request.
+    private let root = RouteNode()
+    private let entries: [Entry]
     /// The routes in the order they were given.
     public let patterns: [RoutePattern]
 
     /// Builds the table; two routes with the same method and the same shape are an error.
     public init(_ routes: [(pattern: RoutePattern, target: Target)]) throws(RouteConflictError) {
         patterns = routes.map(\.pattern)
-        for route in routes {
+        entries = routes.map { Entry(pattern: $0.pattern, target: $0.target) }
+        for (index, route) in routes.enumerated() {
             var node = root
             for segment in route.pattern.segments {
                 switch segment {
@@ -42,39 +37,38 @@ public struct RouteTable<Target: Sendable>: Sendable {
                     if let next = node.literals[text] {
                         node = next
                     } else {
-                        let next = Node()
+                        let next = RouteNode()
                         node.literals[text] = next
                         node = next
                     }
                 case .parameter(let name):
-                    if node.parameter == nil { node.parameter = (name, Node()) }
+                    if node.parameter == nil { node.parameter = (name, RouteNode()) }
                     guard node.parameter!.name == name else {
-                        throw RouteConflictError(first: Self.owner(of: node.parameter!.node, routes), second: route.pattern)
+                        throw RouteConflictError(first: owner(of: node.parameter!.node), second: route.pattern)
                     }
                     node = node.parameter!.node
                 case .catchAll(let name):
-                    if node.catchAll == nil { node.catchAll = (name, Node()) }
+                    if node.catchAll == nil { node.catchAll = (name, RouteNode()) }
                     guard node.catchAll!.name == name else {
-                        throw RouteConflictError(first: Self.owner(of: node.catchAll!.node, routes), second: route.pattern)
+                        throw RouteConflictError(first: owner(of: node.catchAll!.node), second: route.pattern)
                     }
                     node = node.catchAll!.node
                 }
             }
-            let entry = Entry(pattern: route.pattern, target: route.target)
             if let method = route.pattern.method {
                 if let existing = node.byMethod[method] {
-                    throw RouteConflictError(first: existing.pattern, second: route.pattern)
+                    throw RouteConflictError(first: patterns[existing], second: route.pattern)
                 }
-                node.byMethod[method] = entry
+                node.byMethod[method] = index
             } else {
-                if let existing = node.anyMethod { throw RouteConflictError(first: existing.pattern, second: route.pattern) }
-                node.anyMethod = entry
+                if let existing = node.anyMethod { throw RouteConflictError(first: patterns[existing], second: route.pattern) }
+                node.anyMethod = index
             }
         }
     }
 
-    private static func owner(of node: Node, _ routes: [(pattern: RoutePattern, target: Target)]) -> RoutePattern {
-        node.byMethod.values.first?.pattern ?? node.anyMethod?.pattern ?? routes[0].pattern
+    private func owner(of node: RouteNode) -> RoutePattern {
+        patterns[node.byMethod.values.first ?? node.anyMethod ?? 0]
     }
 
     /// Whether no route is configured (every request goes to the backend).
@@ -83,53 +77,61 @@ public struct RouteTable<Target: Sendable>: Sendable {
     /// Finds the route for a method and a normalised path.
     public func match(method: String, path: NormalizedPath) -> Match? {
         var captured: [(name: String, value: String)] = []
-        return Self.match(root, method: method, segments: path.segments[...], hasTrailingSlash: path.hasTrailingSlash, captured: &captured)
+        guard let found = root.match(method: method, segments: path.segments[...], hasTrailingSlash: path.hasTrailingSlash, captured: &captured)
+        else { return nil }
+        let entry = entries[found.entry]
+        return Match(target: entry.target, pattern: entry.pattern, parameters: found.parameters)
     }
+}
 
-    private static func match(
-        _ node: Node, method: String, segments: ArraySlice<String>, hasTrailingSlash: Bool,
-        captured: inout [(name: String, value: String)]
-    ) -> Match? {
+/// One segment position in the route tree.
+private final class RouteNode: @unchecked Sendable {
+    // Mutated only while the table is being built; read-only afterwards.
+    var literals: [String: RouteNode] = [:]
+    var parameter: (name: String, node: RouteNode)?
+    var catchAll: (name: String, node: RouteNode)?
+    /// Indices into the table's entries.
+    var byMethod: [String: Int] = [:]
+    var anyMethod: Int?
+
+    func match(
+        method: String, segments: ArraySlice<String>, hasTrailingSlash: Bool, captured: inout [(name: String, value: String)]
+    ) -> (entry: Int, parameters: [(name: String, value: String)])? {
         guard let segment = segments.first else {
             // A trailing slash names a different resource: it does not match a pattern without one.
             if hasTrailingSlash { return nil }
-            if let entry = entry(node, method) {
-                return Match(target: entry.target, pattern: entry.pattern, parameters: captured)
-            }
+            if let entry = entry(method) { return (entry, captured) }
             // `/files/{rest...}` also matches `/files`.
-            if let (name, next) = node.catchAll, let entry = entry(next, method) {
-                return Match(target: entry.target, pattern: entry.pattern, parameters: captured + [(name, "")])
-            }
+            if let (name, next) = catchAll, let entry = next.entry(method) { return (entry, captured + [(name, "")]) }
             return nil
         }
         let rest = segments.dropFirst()
-        if let next = node.literals[segment],
-            let found = match(next, method: method, segments: rest, hasTrailingSlash: hasTrailingSlash, captured: &captured)
+        if let next = literals[segment],
+            let found = next.match(method: method, segments: rest, hasTrailingSlash: hasTrailingSlash, captured: &captured)
         {
             return found
         }
-        if let (name, next) = node.parameter {
+        if let (name, next) = parameter {
             captured.append((name, segment))
-            if let found = match(next, method: method, segments: rest, hasTrailingSlash: hasTrailingSlash, captured: &captured) {
+            if let found = next.match(method: method, segments: rest, hasTrailingSlash: hasTrailingSlash, captured: &captured) {
                 return found
             }
             captured.removeLast()
         }
-        if let (name, next) = node.catchAll, let entry = entry(next, method) {
+        if let (name, next) = catchAll, let entry = next.entry(method) {
             let value = segments.joined(separator: "/") + (hasTrailingSlash ? "/" : "")
-            return Match(target: entry.target, pattern: entry.pattern, parameters: captured + [(name, value)])
+            return (entry, captured + [(name, value)])
         }
         return nil
     }
 
-    private static func entry(_ node: Node, _ method: String) -> Entry? {
-        if let entry = node.byMethod[method] { return entry }
-        if method == "HEAD", let entry = node.byMethod["GET"] { return entry }
-        return node.anyMethod
+    private func entry(_ method: String) -> Int? {
+        if let entry = byMethod[method] { return entry }
+        if method == "HEAD", let entry = byMethod["GET"] { return entry }
+        return anyMethod
     }
 }
 
-/// Two routes that would answer the same requests.
 public struct RouteConflictError: Error, CustomStringConvertible, Sendable {
     public let first: RoutePattern
     public let second: RoutePattern

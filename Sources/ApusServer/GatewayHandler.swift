@@ -365,7 +365,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let request = NativeRequest(
             method: info.method.rawValue, path: call.path, query: call.query, requestID: info.requestID,
             remoteAddress: clientDescription,
-            headers: nativeHeaders.map { ($0.name.lowercased(), $0.value) },
+            headers: nativeHeaders.map { ($0.name.asciiLowercased, $0.value) },
             parameters: call.parameters)
         let generation = self.generation
         let eventLoop = context.eventLoop
@@ -798,4 +798,12 @@ private func base64(_ bytes: [UInt8]) -> String {
         index += 3
     }
     return String(decoding: out, as: UTF8.self)
+}
+
+extension String {
+    /// ASCII-lowercased, without a new string when it already is (header names from HTTP/2
+    /// always are, and most clients send lowercase or canonical ones).
+    fileprivate var asciiLowercased: String {
+        utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) ? lowercased() : self
+    }
 }
