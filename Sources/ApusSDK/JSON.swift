@@ -267,31 +267,34 @@ public struct JSONWriter: ~Copyable, @unchecked Sendable {
         text.withUTF8 { appendBytes(UnsafeRawBufferPointer($0)) }
     }
 
-    /// Appends a quoted, escaped string. The common case (nothing to escape) is
-    /// one scan and one copy, small enough to inline into the handler.
+    /// Appends a quoted, escaped string. The common case (nothing to escape) is one
+    /// pass that copies as it checks, with no closure, so it inlines into the handler.
     @inlinable
     public mutating func appendString(_ text: String) {
-        var text = text
-        text.withUTF8 { utf8 in
-            reserve(utf8.count &+ 2)
-            var clean = true
-            for byte in utf8 where byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
-                clean = false
-                break
-            }
-            guard clean else {
-                appendEscaped(utf8)
+        let utf8 = text.utf8
+        reserve(utf8.count &+ 2)
+        var position = count
+        base[position] = UInt8(ascii: "\"")
+        position &+= 1
+        for byte in utf8 {
+            if byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
+                appendEscaped(text)
                 return
             }
-            base[count] = UInt8(ascii: "\"")
-            if let source = utf8.baseAddress { (base + (count &+ 1)).update(from: source, count: utf8.count) }
-            base[count &+ 1 &+ utf8.count] = UInt8(ascii: "\"")
-            count &+= utf8.count &+ 2
+            base[position] = byte
+            position &+= 1
         }
+        base[position] = UInt8(ascii: "\"")
+        count = position &+ 1
     }
 
     /// The slow path of `appendString`: a string with quotes, backslashes or control characters.
     @usableFromInline
+    mutating func appendEscaped(_ text: String) {
+        var text = text
+        text.withUTF8 { appendEscaped($0) }
+    }
+
     mutating func appendEscaped(_ utf8: UnsafeBufferPointer<UInt8>) {
         appendByte(UInt8(ascii: "\""))
         var runStart = 0
