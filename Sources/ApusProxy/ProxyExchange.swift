@@ -50,8 +50,8 @@ public final class ProxyExchange: UpstreamDelegate {
     private var requestBodyStarted = false
     private var responseKeepAlive = true
     private var retried = false
-    private var responseTimer: Scheduled<Void>?
-    private var idleTimer: Scheduled<Void>?
+    /// When the backend must have answered by (set once the request is complete).
+    private var responseDeadline: NIODeadline?
     private var lastActivity = NIODeadline.now()
     /// Status the backend answered, for the access log.
     public private(set) var responseStatus: HTTPResponseStatus?
@@ -93,7 +93,7 @@ public final class ProxyExchange: UpstreamDelegate {
         queued.removeAll()
         channel.flush()
         touch()
-        scheduleIdleCheck()
+        pool.track(self)
         if requestComplete { armResponseTimer() }
         downstream?.proxySetRequestReading(channel.isWritable)
         // Pooled connections were read-paused when released; make sure the response is read.
@@ -162,7 +162,7 @@ public final class ProxyExchange: UpstreamDelegate {
         case .head(let response):
             // Informational answers (100 Continue) are the gateway's business, not the client's.
             if response.status.code < 200 { return }
-            responseTimer?.cancel()
+            responseDeadline = nil
             responseStatus = response.status
             responseHeadAt = .now()
             responseKeepAlive = response.isKeepAlive
@@ -197,7 +197,7 @@ public final class ProxyExchange: UpstreamDelegate {
                 retried = true
                 connection.handler.delegate = nil
                 self.connection = nil
-                responseTimer?.cancel()
+                responseDeadline = nil
                 state = .connecting
                 if requestComplete { queued.append(.end(nil)) }
                 start()
@@ -225,8 +225,7 @@ public final class ProxyExchange: UpstreamDelegate {
 
     private func finish(reusable: Bool) {
         state = .finished
-        responseTimer?.cancel()
-        idleTimer?.cancel()
+        pool.untrack(self)
         queued.removeAll()
         if let connection {
             self.connection = nil
@@ -238,37 +237,31 @@ public final class ProxyExchange: UpstreamDelegate {
 
     private func touch() { lastActivity = .now() }
 
-    private func armResponseTimer() {
-        responseTimer?.cancel()
-        let exchange = NIOLoopBound(self, eventLoop: pool.eventLoop)
-        responseTimer = pool.eventLoop.scheduleTask(in: pool.settings.responseTimeout) {
-            let exchange = exchange.value
-            if case .awaitingResponse = exchange.state {
-                UpstreamMetrics.responseTimeouts.increment()
-                exchange.fail(.responseTimeout)
-            }
-        }
-    }
+    private func armResponseTimer() { responseDeadline = .now() + pool.settings.responseTimeout }
 
-    /// One timer for the whole exchange, re-armed from the last activity when it fires,
-    /// instead of a timer per body chunk.
-    private func scheduleIdleCheck() {
-        let exchange = NIOLoopBound(self, eventLoop: pool.eventLoop)
-        let deadline = lastActivity + pool.settings.idleTimeout
-        idleTimer = pool.eventLoop.scheduleTask(deadline: deadline) {
-            let exchange = exchange.value
-            guard !exchange.isFinished else { return }
-            if NIODeadline.now() >= exchange.lastActivity + exchange.pool.settings.idleTimeout {
-                // Waiting for a response head is the response timer's business.
-                if case .awaitingResponse = exchange.state, exchange.requestComplete {
-                    exchange.scheduleIdleCheck()
-                    return
-                }
-                UpstreamMetrics.idleTimeouts.increment()
-                exchange.fail(.idleTimeout)
-            } else {
-                exchange.scheduleIdleCheck()
+    /// Called by the pool's deadline sweep (every `UpstreamPool.deadlineTick`): fails the
+    /// exchange if the backend has not answered in time, or if the stream stalled.
+    func checkDeadlines(_ now: NIODeadline) {
+        switch state {
+        case .finished:
+            pool.untrack(self)
+            return
+        case .connecting:
+            return  // the connect timeout is the bootstrap's
+        case .awaitingResponse:
+            if let responseDeadline, now >= responseDeadline {
+                UpstreamMetrics.responseTimeouts.increment()
+                fail(.responseTimeout)
+                return
             }
+            // Waiting for a response head is the response deadline's business.
+            if requestComplete { return }
+        case .streamingResponse:
+            break
+        }
+        if now >= lastActivity + pool.settings.idleTimeout {
+            UpstreamMetrics.idleTimeouts.increment()
+            fail(.idleTimeout)
         }
     }
 }

@@ -92,6 +92,12 @@ public final class UpstreamPool {
     private var waiters: [EventLoopPromise<UpstreamConnection>] = []
     private var sweeper: RepeatedTask?
     private var isShutDown = false
+    /// Exchanges in flight. One sweep per loop checks their deadlines every
+    /// `deadlineTick`, instead of two timers scheduled and cancelled per request.
+    private var inFlight: [ObjectIdentifier: ProxyExchange] = [:]
+    private var deadlineSweep: RepeatedTask?
+    /// How often in-flight deadlines are checked: timeouts fire up to this much late.
+    static let deadlineTick = TimeAmount.milliseconds(100)
 
     public init(eventLoop: any EventLoop, settings: UpstreamSettings, logger: Logger) {
         self.eventLoop = eventLoop
@@ -197,6 +203,32 @@ public final class UpstreamPool {
         for connection in idle where connection.idleSince < cutoff {
             connection.channel.close(promise: nil)
         }
+    }
+
+    /// Starts checking an exchange's deadlines (idempotent).
+    func track(_ exchange: ProxyExchange) {
+        inFlight[ObjectIdentifier(exchange)] = exchange
+        guard deadlineSweep == nil else { return }
+        let pool = NIOLoopBound(self, eventLoop: eventLoop)
+        deadlineSweep = eventLoop.scheduleRepeatedTask(initialDelay: Self.deadlineTick, delay: Self.deadlineTick) { _ in
+            pool.value.sweepDeadlines()
+        }
+    }
+
+    /// Stops checking an exchange (it finished).
+    func untrack(_ exchange: ProxyExchange) {
+        inFlight.removeValue(forKey: ObjectIdentifier(exchange))
+    }
+
+    private func sweepDeadlines() {
+        guard !inFlight.isEmpty else {
+            // Nothing in flight: no wakeups until the next request.
+            deadlineSweep?.cancel()
+            deadlineSweep = nil
+            return
+        }
+        let now = NIODeadline.now()
+        for exchange in Array(inFlight.values) { exchange.checkDeadlines(now) }
     }
 
     /// Closes idle connections and refuses new work; busy ones finish their exchange.
