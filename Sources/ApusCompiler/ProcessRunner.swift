@@ -11,7 +11,7 @@ struct ProcessResult: Sendable {
 /// temporary file so a chatty compiler can never fill a pipe and stall.
 func runProcess(_ executable: String, _ arguments: [String], workingDirectory: String? = nil) async throws -> ProcessResult {
     let outputURL = FileManager.default.temporaryDirectory.appendingPathComponent("apus-\(UUID().uuidString).out")
-    FileManager.default.createFile(atPath: outputURL.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: outputURL.path, contents: nil)
     defer { try? FileManager.default.removeItem(at: outputURL) }
     let output = try FileHandle(forWritingTo: outputURL)
     defer { try? output.close() }

@@ -161,7 +161,7 @@ public final class UpstreamPool {
                 let connection = UpstreamConnection(channel: channel, handler: handler)
                 UpstreamMetrics.connections.increment()
                 pool.value.logger.debug("backend connection opened", metadata: ["upstream.open": "\(pool.value.open)"])
-                channel.closeFuture.whenComplete { _ in pool.value.connectionClosed(connection) }
+                channel.closeFuture.assumeIsolated().whenComplete { _ in pool.value.connectionClosed(connection) }
                 return connection
             }
     }
@@ -242,8 +242,9 @@ public final class UpstreamPool {
     }
 }
 
+// Confined to its pool's event loop: the futures that carry it are completed and read on that loop only.
 /// One HTTP/1.1 connection to the backend.
-public final class UpstreamConnection {
+public final class UpstreamConnection: @unchecked Sendable {
     let channel: any Channel
     let handler: UpstreamHandler
     /// Whether this connection served an earlier request (a stale one may be closed by the backend under us).

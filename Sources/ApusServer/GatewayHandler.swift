@@ -704,9 +704,9 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
         finishResponse(context: context, close: false)
         let idleTimeout = shared.tunnelIdleTimeout
         let grace = shared.tunnelShutdownGrace
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let bound = NIOLoopBound((self, context, tunnel), eventLoop: context.eventLoop)
         context.eventLoop.execute {
-            let (handler, context) = bound.value
+            let (handler, context, tunnel) = bound.value
             let clientEnd = TunnelHandler(tracksServerFrames: true, shutdownGrace: grace, onClose: { tunnels.release() })
             let pipeline = context.pipeline.syncOperations
             do {
