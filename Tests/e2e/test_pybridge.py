@@ -276,3 +276,26 @@ def test_the_same_file_imports_under_other_python_versions(cache, interpreter):
     done = subprocess.run([interpreter, "-c", script, str(PYSWIFT / "probe.swift")], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
+
+
+def test_a_warm_load_does_not_start_apus_but_an_edit_does(cache, tmp_path):
+    calls = tmp_path / "calls.log"
+    wrapper = tmp_path / "apus-wrapper"
+    wrapper.write_text(f"#!/bin/sh\necho run >> {calls}\nexec {APUS} \"$@\"\n")
+    wrapper.chmod(0o755)
+    source = tmp_path / "warm.swift"
+    source.write_text('let python = PythonExports { python in python.export("v") { () -> Int in 1 } }\n')
+    script = "import sys, apus; print(apus.load(sys.argv[1]).v())"
+    env = python_env(cache, APUS_BIN=str(wrapper))
+
+    def load() -> str:
+        done = subprocess.run([sys.executable, "-c", script, str(source)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert load() == "1"
+    assert load() == "1"  # a new interpreter, the same unchanged file: found through the cache index
+    assert calls.read_text().count("run") == 1
+    source.write_text('let python = PythonExports { python in python.export("v") { () -> Int in 2 } }\n')
+    assert load() == "2"
+    assert calls.read_text().count("run") == 2

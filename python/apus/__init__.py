@@ -12,6 +12,7 @@ file sits in a project with a ``gateway.conf`` or ``.apus-cache``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import json
@@ -76,8 +77,53 @@ def _cache_dir(source: Path) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "apus"
 
 
+def _identity(path: str | None) -> str:
+    """Which binary this is, for the warm-start index: its path, size and modification time."""
+    if not path:
+        return "-"
+    try:
+        info = os.stat(os.path.realpath(path))
+    except OSError:
+        return "-"
+    return f"{os.path.realpath(path)}:{info.st_size}:{info.st_mtime_ns}"
+
+
+def _sdk_identity(apus: str) -> str:
+    """The SDK sources apus compiles against, found as apus finds them ($APUS_SDK_DIR, else
+    upwards from the binary: a checkout's Sources/, an install's share/apus/sdk): the newest
+    modification time among them."""
+    roots = [os.environ["APUS_SDK_DIR"]] if os.environ.get("APUS_SDK_DIR") else []
+    folder = Path(os.path.realpath(apus)).parent
+    while folder != folder.parent:
+        roots += [str(folder / "Sources"), str(folder / "share" / "apus" / "sdk")]
+        folder = folder.parent
+    for root in roots:
+        if (Path(root) / "ApusSDK" / "Entry" / "Exports.swift").is_file():
+            newest = max(
+                (entry.stat().st_mtime_ns for name in ("ApusSDK", "CApusABI") for entry in (Path(root) / name).rglob("*")),
+                default=0,
+            )
+            return f"{root}:{newest}"
+    return "-"
+
+
+def _index_key(source: Path, apus: str, include: str, suffix: str, debug: bool) -> str:
+    """What `apus python build` would hash, as seen from here: the source, the apus binary,
+    the SDK sources, the compiler binary, the Python headers and the flags."""
+    digest = hashlib.sha256(source.read_bytes())
+    parts = (_identity(apus), _sdk_identity(apus), _identity(shutil.which("swiftc")), include, suffix, str(debug))
+    for part in parts:
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:32]
+
+
 def build(path: str | os.PathLike, *, debug: bool = False) -> Path:
-    """Compiles ``path`` (cached) and returns the extension module's file."""
+    """Compiles ``path`` (cached) and returns the extension module's file.
+
+    A file already built with the same apus, compiler and headers is found through a
+    small index in the cache without starting `apus`; anything else asks `apus`, which
+    checks its own, complete cache key.
+    """
     source = Path(path).resolve()
     if not source.is_file():
         raise FileNotFoundError(f"no Swift file at {source}")
@@ -87,9 +133,30 @@ def build(path: str | os.PathLike, *, debug: bool = False) -> Path:
             f"no Python.h in {include}: install this interpreter's development headers (Debian: apt-get install python3-dev)"
         )
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or importlib.machinery.EXTENSION_SUFFIXES[0]
+    apus = _apus_command()
+    cache = _cache_dir(source)
+    index = cache / "py-index" / _index_key(source, apus, include, suffix, debug)
+    try:
+        known = Path(index.read_text().strip())
+        if known.is_file():
+            return known
+    except OSError:
+        pass
+    library = _build_with_apus(apus, source, include, suffix, cache, debug)
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        temporary = index.with_name(f".{index.name}.{os.getpid()}")
+        temporary.write_text(str(library))
+        temporary.replace(index)
+    except OSError:
+        pass  # the index only saves a process start
+    return library
+
+
+def _build_with_apus(apus: str, source: Path, include: str, suffix: str, cache: Path, debug: bool) -> Path:
     command = [
-        _apus_command(), "python", "build", str(source),
-        "--python-include", include, "--extension-suffix", suffix, "--cache", str(_cache_dir(source)),
+        apus, "python", "build", str(source),
+        "--python-include", include, "--extension-suffix", suffix, "--cache", str(cache),
     ]
     if debug:
         command.append("--debug")
