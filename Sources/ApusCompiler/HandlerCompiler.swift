@@ -159,38 +159,57 @@ public actor HandlerCompiler {
         let build = SDKBuild(key: key, directory: "\(configuration.cacheDirectory)/sdk-\(key)")
         let library = "\(build.directory)/lib\(build.libraryName).so"
         if FileManager.default.fileExists(atPath: library) { return build }
-        let staging = "\(configuration.cacheDirectory)/.sdk-\(key)-\(UUID().uuidString.prefix(8))"
+        logger.info("building the handler SDK (once per toolchain)", metadata: ["sdk.key": "\(key)"])
+        let started = ContinuousClock.now
+        try await storeBuild(in: build.directory, product: library) { staging throws(CompileError) in
+            let arguments =
+                Self.commonFlags + [
+                    "-O", "-module-name", "ApusSDK", "-emit-module", "-emit-module-path", "\(staging)/ApusSDK.swiftmodule",
+                    "-I", sdk.abiIncludeDirectory, "-Xlinker", "-soname=lib\(build.libraryName).so",
+                ] + sdk.swiftSources + ["-o", "\(staging)/lib\(build.libraryName).so"]
+            let result = try await runCompiler(toolchain, arguments)
+            guard result.status == 0 else { throw .failed(handler: "ApusSDK", source: sdk.root, output: result.output) }
+        }
+        logger.info("built the handler SDK", metadata: ["sdk.seconds": "\(String(format: "%.2f", seconds(since: started)))"])
+        return build
+    }
+
+    /// Runs the compiler; one that cannot be started at all is a missing toolchain.
+    func runCompiler(_ toolchain: (path: String, version: String), _ arguments: [String]) async throws(CompileError) -> ProcessResult {
+        do {
+            return try await runProcess(toolchain.path, arguments)
+        } catch {
+            throw .noCompiler("cannot run \(toolchain.path): \(error)")
+        }
+    }
+
+    /// Builds into a fresh staging folder beside `directory`, then renames it into place, so
+    /// a crash never leaves a half-built folder in the cache. When another apus stored the
+    /// same build first (the rename fails but `product` is there), theirs is as good as ours.
+    func storeBuild(
+        in directory: String, product: String, _ build: (_ staging: String) async throws(CompileError) -> Void
+    ) async throws(CompileError) {
+        let folder = URL(fileURLWithPath: directory)
+        let staging = folder.deletingLastPathComponent().appendingPathComponent(".\(folder.lastPathComponent)-\(UUID().uuidString.prefix(8))").path
         do {
             try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
         } catch {
             throw .io("cannot create handler cache \(configuration.cacheDirectory): \(error.localizedDescription)")
         }
-        logger.info("building the handler SDK (once per toolchain)", metadata: ["sdk.key": "\(key)"])
-        let started = ContinuousClock.now
-        let arguments =
-            Self.commonFlags + [
-                "-O", "-module-name", "ApusSDK", "-emit-module", "-emit-module-path", "\(staging)/ApusSDK.swiftmodule",
-                "-I", sdk.abiIncludeDirectory, "-Xlinker", "-soname=lib\(build.libraryName).so",
-            ] + sdk.swiftSources + ["-o", "\(staging)/lib\(build.libraryName).so"]
-        let result: ProcessResult
         do {
-            result = try await runProcess(toolchain.path, arguments)
+            try await build(staging)
         } catch {
-            throw .noCompiler("cannot run \(toolchain.path): \(error)")
-        }
-        guard result.status == 0 else {
             try? FileManager.default.removeItem(atPath: staging)
-            throw .failed(handler: "ApusSDK", source: sdk.root, output: result.output)
+            throw error
         }
         do {
-            try FileManager.default.moveItem(atPath: staging, toPath: build.directory)
+            try FileManager.default.moveItem(atPath: staging, toPath: directory)
         } catch {
-            // Another apus built the same SDK at the same time: theirs is as good as ours.
             try? FileManager.default.removeItem(atPath: staging)
-            guard FileManager.default.fileExists(atPath: library) else { throw .io("cannot store \(build.directory): \(error)") }
+            guard FileManager.default.fileExists(atPath: product) else {
+                throw .io("cannot store \(directory): \(error.localizedDescription)")
+            }
         }
-        logger.info("built the handler SDK", metadata: ["sdk.seconds": "\(String(format: "%.2f", seconds(since: started)))"])
-        return build
     }
 
     /// The cache key for a handler source as it is now.
@@ -230,12 +249,7 @@ public actor HandlerCompiler {
                 sdk.entrySource, source, "-o", temporary,
             ]
         logger.info("compiling handler", metadata: ["handler.name": "\(name)", "handler.source": "\(source)"])
-        let result: ProcessResult
-        do {
-            result = try await runProcess(toolchain.path, arguments)
-        } catch {
-            throw .noCompiler("cannot run \(toolchain.path): \(error)")
-        }
+        let result = try await runCompiler(toolchain, arguments)
         Timer(label: "apus_handler_compile_seconds", dimensions: [("handler", name)]).recordSeconds(seconds(since: started))
         guard result.status == 0 else {
             try? FileManager.default.removeItem(atPath: temporary)
