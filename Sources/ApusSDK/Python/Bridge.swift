@@ -148,19 +148,11 @@ enum PythonConversion {
             return .bytes(Array(UnsafeRawBufferPointer(start: bytes, count: size)))
         }
         if apus_py_is_list(object) != 0 {
-            var items: [PythonValue] = []
-            let count = apus_py_list_size(object)
-            items.reserveCapacity(count)
             // The list cannot change meanwhile: no Python code runs while we hold the GIL and call none.
-            for index in 0..<count { items.append(try value(apus_py_list_item(object, index), depth: depth + 1)) }
-            return .list(items)
+            return .list(try values(object, count: apus_py_list_size, item: apus_py_list_item, depth: depth))
         }
         if apus_py_is_tuple(object) != 0 {
-            var items: [PythonValue] = []
-            let count = apus_py_tuple_size(object)
-            items.reserveCapacity(count)
-            for index in 0..<count { items.append(try value(apus_py_tuple_item(object, index), depth: depth + 1)) }
-            return .tuple(items)
+            return .tuple(try values(object, count: apus_py_tuple_size, item: apus_py_tuple_item, depth: depth))
         }
         if apus_py_is_dict(object) != 0 {
             var pairs: [(PythonValue, PythonValue)] = []
@@ -199,25 +191,9 @@ enum PythonConversion {
                 buffer.withMemoryRebound(to: CChar.self) { PyBytes_FromStringAndSize($0.baseAddress, $0.count) }
             }
         case .list(let items):
-            guard let list = PyList_New(items.count) else { return nil }
-            for (index, item) in items.enumerated() {
-                guard let element = object(item) else {
-                    apus_py_decref(list)
-                    return nil
-                }
-                apus_py_list_set(list, index, element)
-            }
-            return list
+            return sequence(items, new: PyList_New, set: apus_py_list_set)
         case .tuple(let items):
-            guard let tuple = PyTuple_New(items.count) else { return nil }
-            for (index, item) in items.enumerated() {
-                guard let element = object(item) else {
-                    apus_py_decref(tuple)
-                    return nil
-                }
-                apus_py_tuple_set(tuple, index, element)
-            }
-            return tuple
+            return sequence(items, new: PyTuple_New, set: apus_py_tuple_set)
         case .dict(let pairs):
             guard let dict = PyDict_New() else { return nil }
             for (key, item) in pairs {
@@ -234,6 +210,32 @@ enum PythonConversion {
             }
             return dict
         }
+    }
+
+    /// The items of a list or tuple, through that type's size and borrowed-item accessors.
+    private static func values(
+        _ object: PyPointer, count: (PyPointer) -> Py_ssize_t, item: (PyPointer, Py_ssize_t) -> PyPointer, depth: Int
+    ) throws(PythonError) -> [PythonValue] {
+        let count = count(object)
+        var items: [PythonValue] = []
+        items.reserveCapacity(count)
+        for index in 0..<count { items.append(try value(item(object, index), depth: depth + 1)) }
+        return items
+    }
+
+    /// A new list or tuple holding `items`, or nil with a Python exception set.
+    private static func sequence(
+        _ items: [PythonValue], new: (Py_ssize_t) -> PyPointer?, set: (PyPointer, Py_ssize_t, PyPointer) -> Void
+    ) -> PyPointer? {
+        guard let sequence = new(items.count) else { return nil }
+        for (index, item) in items.enumerated() {
+            guard let element = object(item) else {
+                apus_py_decref(sequence)
+                return nil
+            }
+            set(sequence, index, element)  // steals `element`
+        }
+        return sequence
     }
 
     /// Takes the exception CPython set and turns it into a PythonError (clearing it).
