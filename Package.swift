@@ -77,7 +77,7 @@ let package = Package(
         .target(
             name: "ApusServer",
             dependencies: [
-                "ApusConfig", "ApusRouting", "ApusProxy", "ApusPlugins",
+                "ApusConfig", "ApusRouting", "ApusProxy", "ApusPlugins", "CApusABI",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -64,13 +64,30 @@ public final class NativeResponder: Sendable {
     let handlerName: String
     let logger: Logger
     private let completed = Atomic<Bool>(false)
-    private let completion: @Sendable (NativeResponse) -> Void
+    private let completion: Completion
+
+    /// Where the module's answer goes: copied into Swift values, or lent as it is.
+    private enum Completion: Sendable {
+        case copied(@Sendable (NativeResponse) -> Void)
+        case borrowed(@Sendable (UnsafePointer<apus_type_response>) -> Void)
+    }
 
     /// Creates a responder that calls `completion` once with the module's answer.
     public init(handlerName: String, logger: Logger, completion: @escaping @Sendable (NativeResponse) -> Void) {
         self.handlerName = handlerName
         self.logger = logger
-        self.completion = completion
+        self.completion = .copied(completion)
+    }
+
+    /// Creates a responder that lends the module's answer to `completion`, once,
+    /// for the duration of that call: the data path writes it out without copying
+    /// it into Swift values first.
+    public init(
+        handlerName: String, logger: Logger, borrowing completion: @escaping @Sendable (UnsafePointer<apus_type_response>) -> Void
+    ) {
+        self.handlerName = handlerName
+        self.logger = logger
+        self.completion = .borrowed(completion)
     }
 
     /// Completes the call with a gateway-made JSON error, e.g. when the handler never ran.
@@ -80,11 +97,58 @@ public final class NativeResponder: Sendable {
 
     /// Completes the call; a second completion is a module bug, logged and dropped.
     func complete(_ response: NativeResponse) {
+        guard claim() else { return }
+        switch completion {
+        case .copied(let deliver): deliver(response)
+        case .borrowed(let deliver): response.withCResponse { deliver($0) }
+        }
+    }
+
+    /// Completes the call with the module's own response, borrowed for this call.
+    func complete(borrowing response: UnsafePointer<apus_type_response>) {
+        guard claim() else { return }
+        switch completion {
+        case .copied(let deliver): deliver(copyResponse(response.pointee))
+        case .borrowed(let deliver): deliver(response)
+        }
+    }
+
+    private func claim() -> Bool {
         guard !completed.exchange(true, ordering: .acquiringAndReleasing) else {
             logger.error("handler responded twice; second response dropped", metadata: ["handler.name": "\(handlerName)"])
-            return
+            return false
         }
-        completion(response)
+        return true
+    }
+}
+
+extension NativeResponse {
+    /// Lends this response in its C form for the duration of `body`.
+    fileprivate func withCResponse<Result>(_ body: (UnsafePointer<apus_type_response>) -> Result) -> Result {
+        // Every string goes into one arena so that the header array can point into it.
+        var arena: [UInt8] = []
+        var spans: [(name: Range<Int>, value: Range<Int>)] = []
+        for (name, value) in headers {
+            let nameStart = arena.count
+            arena.append(contentsOf: name.utf8)
+            let valueStart = arena.count
+            arena.append(contentsOf: value.utf8)
+            spans.append((nameStart..<valueStart, valueStart..<arena.count))
+        }
+        return arena.withUnsafeBufferPointer { arenaBytes in
+            let base = UnsafeRawPointer(arenaBytes.baseAddress)?.assumingMemoryBound(to: CChar.self)
+            func str(_ range: Range<Int>) -> apus_type_str { apus_type_str(data: base.map { $0 + range.lowerBound }, length: range.count) }
+            let cHeaders = spans.map { apus_type_header(name: str($0.name), value: str($0.value)) }
+            return cHeaders.withUnsafeBufferPointer { headerBuffer in
+                self.body.withUnsafeBufferPointer { bodyBuffer in
+                    var response = apus_type_response(
+                        struct_size: UInt32(MemoryLayout<apus_type_response>.size), status: UInt16(clamping: status),
+                        headers: headerBuffer.baseAddress, header_count: headerBuffer.count,
+                        body: bodyBuffer.baseAddress, body_length: bodyBuffer.count)
+                    return body(&response)
+                }
+            }
+        }
     }
 }
 
@@ -163,6 +227,14 @@ public final class HandlerLibrary: Sendable {
         self.module = module
     }
 
+    /// Calls the handler with a request the caller has laid out in C form; it and
+    /// everything it points to are borrowed for the call only. The data path uses
+    /// this to hand over header bytes where they were received.
+    public func invoke(borrowing request: UnsafePointer<apus_type_request>, responder: NativeResponder) {
+        let opaqueResponder = OpaquePointer(Unmanaged.passRetained(responder).toOpaque())
+        module.pointer.pointee.on_request!(module.pointer.pointee.context, request, opaqueResponder)
+    }
+
     /// Calls the handler. `request` and `body` are borrowed for the call only;
     /// the module answers through `responder`, now or later, from any thread.
     public func invoke(_ request: NativeRequest, body: UnsafeRawBufferPointer, responder: NativeResponder) {
@@ -232,7 +304,7 @@ private final class HostTable: Sendable {
                         responder.complete(NativeResponse(status: 500, headers: [], body: Array("handler response ABI mismatch".utf8)))
                         return
                     }
-                    responder.complete(copyResponse(response.pointee))
+                    responder.complete(borrowing: response)
                 },
                 callback_log: { responderPointer, level, message in
                     let text = string(message)

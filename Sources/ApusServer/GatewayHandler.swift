@@ -105,6 +105,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let loop: LoopState
     private let shared: GatewayShared
+    /// The HTTP/1.1 connection's framing front, told when each response it handed over is complete.
+    private let front: HTTP1FrontHandler?
     private var state = State.idle
     private var info: RequestInfo?
     private var context: ChannelHandlerContext?
@@ -117,9 +119,10 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// An HTTP/2 WebSocket stream whose backend half-closed has sent END_STREAM already.
     private var tunnelOutputEnded = false
 
-    init(loop: LoopState, shared: GatewayShared) {
+    init(loop: LoopState, shared: GatewayShared, front: HTTP1FrontHandler? = nil) {
         self.loop = loop
         self.shared = shared
+        self.front = front
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -140,8 +143,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if let bytes = CIDR.parseAddress(ip) {
                 trusted = shared.trustedProxies.contains { $0.contains(bytes) }
             }
-            clientDescription = address.port.map { "\(ip):\($0)" } ?? ip
         }
+        clientDescription = describeClient(address)
         client = ClientFacts(peerAddress: peer, peerIsTrusted: trusted, scheme: shared.scheme)
     }
 
@@ -482,20 +485,11 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// re-entrantly, and that request must find the handler idle.
     private func finishResponse(context: ChannelHandlerContext, close: Bool, trailers: HTTPHeaders? = nil) {
         if let info {
-            let elapsed = NIODeadline.now() - info.started
             RequestMetrics.inFlight.decrement()
-            loop.metrics.record(
-                route: info.route, method: info.method.rawValue, status: info.status, kind: info.kind,
-                nanoseconds: elapsed.nanoseconds, upstreamNanoseconds: info.upstreamSeconds.map { Int64($0 * 1e9) },
-                bytesIn: info.bytesIn, bytesOut: info.bytesOut)
-            if shared.accessLog.isEnabled {
-                shared.accessLog.write(
-                    .init(
-                        client: clientDescription, method: info.method.rawValue, path: info.uri,
-                        version: "HTTP/\(info.version.major).\(info.version.minor)", status: info.status,
-                        bytesOut: info.bytesOut, seconds: Double(elapsed.nanoseconds) / 1e9,
-                        upstreamSeconds: info.upstreamSeconds, kind: info.kind, requestID: info.requestID, traceID: info.traceID))
-            }
+            shared.recordRequest(
+                loop: loop, client: clientDescription, method: info.method.rawValue, target: info.uri, version: info.version,
+                status: info.status, kind: info.kind, route: info.route, requestID: info.requestID, traceID: info.traceID,
+                started: info.started, upstreamSeconds: info.upstreamSeconds, bytesIn: info.bytesIn, bytesOut: info.bytesOut)
         }
         // A closing connection drops whatever else the client sends.
         state = close ? .rejecting : .idle
@@ -506,6 +500,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in bound.value.close(promise: nil) }
         } else {
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            front?.gatewayResponseFinished()
         }
     }
 
@@ -728,6 +723,7 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
 
     /// Takes the HTTP/1.1 codec and its helpers out of a connection that now carries raw bytes.
     private static func removeHTTPHandlers(_ pipeline: ChannelPipeline.SynchronousOperations) throws {
+        if let handler = try? pipeline.handler(type: HTTP1FrontHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: IdleStateHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTPServerPipelineHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTPServerProtocolErrorHandler.self) { pipeline.removeHandler(handler, promise: nil) }
@@ -740,18 +736,10 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
 
     private func logUpgrade(_ info: RequestInfo) {
         RequestMetrics.inFlight.decrement()
-        let elapsed = NIODeadline.now() - info.started
-        loop.metrics.record(
-            route: info.route, method: info.method.rawValue, status: info.status, kind: "websocket", nanoseconds: elapsed.nanoseconds,
-            upstreamNanoseconds: nil, bytesIn: 0, bytesOut: 0)
-        if shared.accessLog.isEnabled {
-            shared.accessLog.write(
-                .init(
-                    client: clientDescription, method: info.method.rawValue, path: info.uri,
-                    version: "HTTP/\(info.version.major).\(info.version.minor)", status: info.status, bytesOut: 0,
-                    seconds: Double(elapsed.nanoseconds) / 1e9, upstreamSeconds: nil, kind: "websocket", requestID: info.requestID,
-                    traceID: info.traceID))
-        }
+        shared.recordRequest(
+            loop: loop, client: clientDescription, method: info.method.rawValue, target: info.uri, version: info.version,
+            status: info.status, kind: "websocket", route: info.route, requestID: info.requestID, traceID: info.traceID,
+            started: info.started, upstreamSeconds: nil, bytesIn: 0, bytesOut: 0)
     }
 
     // MARK: TunnelEnd, for an HTTP/2 stream

@@ -28,38 +28,59 @@ final class RequestMetrics {
     private var upstreamTimers: [String: Timer] = [:]
     private var received: [String: Counter] = [:]
     private var sent: [String: Counter] = [:]
+    /// The last label sets used: a run of requests to one route skips hashing
+    /// (comparing strings that share storage is a pointer compare).
+    private var lastCounter: (key: CounterKey, counter: Counter)?
+    private var lastTimer: (key: TimerKey, timer: Timer)?
 
     /// Requests being served now, across loops.
     static let inFlight = Meter(label: "apus_inflight_requests")
 
-    private static let methods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"]
+    /// Methods outside the standard set share one label, so a client cannot blow up the series count.
+    private static func methodLabel(_ method: String) -> String {
+        switch method {
+        case "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE": return method
+        default: return "OTHER"
+        }
+    }
 
     /// Records one finished request.
     func record(
         route: String, method: String, status: Int, kind: String, nanoseconds: Int64, upstreamNanoseconds: Int64?,
         bytesIn: Int, bytesOut: Int
     ) {
-        // Methods outside the standard set share one label, so a client cannot blow up the series count.
-        let methodLabel = Self.methods.contains(method) ? method : "OTHER"
+        let methodLabel = Self.methodLabel(method)
         let counterKey = CounterKey(route: route, method: methodLabel, statusClass: status / 100, kind: kind)
-        let counter =
-            counters[counterKey]
-            ?? {
-                let made = Counter(
-                    label: "apus_requests_total",
-                    dimensions: [("route", route), ("method", methodLabel), ("status", "\(status / 100)xx"), ("kind", kind)])
-                counters[counterKey] = made
-                return made
-            }()
+        let counter: Counter
+        if let last = lastCounter, last.key == counterKey {
+            counter = last.counter
+        } else {
+            counter =
+                counters[counterKey]
+                ?? {
+                    let made = Counter(
+                        label: "apus_requests_total",
+                        dimensions: [("route", route), ("method", methodLabel), ("status", "\(status / 100)xx"), ("kind", kind)])
+                    counters[counterKey] = made
+                    return made
+                }()
+            lastCounter = (counterKey, counter)
+        }
         counter.increment()
         let timerKey = TimerKey(route: route, kind: kind)
-        let timer =
-            timers[timerKey]
-            ?? {
-                let made = Timer(label: "apus_request_duration_seconds", dimensions: [("route", route), ("kind", kind)])
-                timers[timerKey] = made
-                return made
-            }()
+        let timer: Timer
+        if let last = lastTimer, last.key == timerKey {
+            timer = last.timer
+        } else {
+            timer =
+                timers[timerKey]
+                ?? {
+                    let made = Timer(label: "apus_request_duration_seconds", dimensions: [("route", route), ("kind", kind)])
+                    timers[timerKey] = made
+                    return made
+                }()
+            lastTimer = (timerKey, timer)
+        }
         timer.recordNanoseconds(nanoseconds)
         if let upstreamNanoseconds {
             let upstream =

@@ -92,7 +92,7 @@ public final class GatewayServer: Service, Sendable {
         limits.maxHeaderListSize = config.server.maxHeaderBytes
         limits.maxHeaderFieldSize = config.server.maxHeaderBytes
         let settings = PipelineSettings(
-            decoderLimits: limits, keepAliveTimeout: .seconds(config.server.keepAliveTimeout),
+            decoderLimits: limits, maxHeadBytes: config.server.maxHeaderBytes, keepAliveTimeout: .seconds(config.server.keepAliveTimeout),
             maxConcurrentStreams: config.server.maxConcurrentStreams, maxHeaderListSize: config.server.maxHeaderBytes,
             shutdownTimeout: .seconds(config.server.shutdownTimeout))
 

@@ -10,6 +10,8 @@ import NIOTLS
 /// What every connection pipeline needs; immutable, shared by all loops.
 struct PipelineSettings: Sendable {
     let decoderLimits: NIOHTTPDecoderLimitConfiguration
+    /// Largest request head the front handler frames itself; bigger ones go to the codec, which refuses them.
+    let maxHeadBytes: Int
     let keepAliveTimeout: TimeAmount
     let maxConcurrentStreams: Int
     let maxHeaderListSize: Int
@@ -21,18 +23,22 @@ struct PipelineSettings: Sendable {
 /// response parts by `HTTP2FramePayloadToHTTP1ServerCodec`, so routing, native
 /// handlers and proxying are written once.
 enum HTTPPipelines {
-    /// HTTP/1.1: NIO's codec with pipelining assistance and protocol-error answers.
+    /// HTTP/1.1: the front handler, which frames requests and answers native
+    /// routes itself, then NIO's codec with pipelining assistance and
+    /// protocol-error answers for everything it hands on.
     static func configureHTTP1(
         _ channel: any Channel, loop: NIOLoopBound<LoopState>, shared: GatewayShared, settings: PipelineSettings
     ) throws {
         let sync = channel.pipeline.syncOperations
+        let front = HTTP1FrontHandler(
+            loop: loop.value, shared: shared, keepAliveTimeout: settings.keepAliveTimeout, maxHeadBytes: settings.maxHeadBytes)
+        try sync.addHandler(front)
         try sync.configureHTTPServerPipeline(
             withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: true,
             withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: settings.decoderLimits)
-        try sync.addHandler(IdleStateHandler(readTimeout: settings.keepAliveTimeout))
         try sync.addHandler(ConnectionMetricsHandler(http2: false))
-        try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared))
+        try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, front: front))
     }
 
     /// HTTP/2: flow control and stream limits from NIOHTTP2 (including its

@@ -11,6 +11,9 @@ let handler = Handler.inline { request in
                 for (name, value) in request.pathParameters.sorted(by: { $0.key < $1.key }) { p.field(name, value) }
             })
             o.field("header_x_test", request.headers["X-Test"])
+            o.field("header_names", array: { names in
+                for field in request.headers.fields { names.element(field.name) }
+            })
             o.field("body_length", request.body.count)
             o.field("body", request.text)
         }

@@ -1,0 +1,550 @@
+import ApusPlugins
+import ApusRouting
+import CApusABI
+import NIOCore
+import NIOHTTP1
+
+/// The front of every HTTP/1.1 connection, right after the socket (or TLS):
+/// it frames requests itself and answers those for native routes directly from
+/// the received bytes, and hands every other request to NIO's HTTP/1 codec and
+/// the `GatewayHandler` behind it.
+///
+/// Why: a native route is the gateway's hot path, and through the general codec
+/// each request is parsed into `HTTPHeaders`, copied into Swift strings, copied
+/// again for the C ABI, and its response built as `HTTPHeaders` and encoded. Here
+/// the request head is parsed in place (`HTTP1RequestHead`), the handler gets
+/// pointers into the received bytes, and its answer is written straight into one
+/// response buffer (`NativeHTTP1Response`).
+///
+/// Correctness rests on one rule: this handler only frames what it is sure of.
+/// A request it frames but does not serve (a proxied route, an `Expect`, a body
+/// over the route's limit, a blocking handler) goes to the codec as exactly its
+/// own bytes, and anything after it is held until the gateway has answered it,
+/// so the codec never sees half a request from here. A head it cannot frame with
+/// certainty (see `HTTP1RequestHead`: chunked bodies, upgrades, anything
+/// non-canonical) hands the connection to the codec for good.
+///
+/// It also owns the connection's keep-alive timeout, since native requests never
+/// reach the handlers behind it.
+final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = IOData
+    typealias OutboundOut = ByteBuffer
+
+    private enum Mode {
+        /// Framing requests here; native ones are answered here.
+        case fast
+        /// One request is with the gateway; `bodyRemaining` bytes of its body are
+        /// still to come from the client. Later bytes wait in `pending`.
+        case gateway(bodyRemaining: Int)
+        /// The codec frames this connection from now on; bytes pass straight through.
+        case passthrough
+    }
+
+    private let loop: LoopState
+    private let shared: GatewayShared
+    private let keepAliveTimeout: TimeAmount
+    private let maxHeadBytes: Int
+    private let maxHeaderFields = 100
+    /// Bytes held back: past the current request while the gateway works, or not yet a whole request.
+    private static let holdLimit = 64 * 1024
+
+    private var mode = Mode.fast
+    private var pending = ByteBuffer()
+    private var fields: [HTTP1RequestHead.Field] = []
+    private var cHeaders: [apus_type_header] = []
+    /// Header names lowered for the ABI, and where each field's lowered name is (empty: not lowered).
+    private var lowercaseNames: [UInt8] = []
+    private var loweredNames: [Range<Int>] = []
+    private var context: ChannelHandlerContext?
+    private var clientDescription = ""
+
+    private var nativeInFlight = false
+    /// Set while a native handler runs on this stack: its answer is written, but
+    /// the next request waits for the loop in `processPending`.
+    private var inNativeCall = false
+    /// Counts native requests, so a late answer for an abandoned one is recognised.
+    private var generation = 0
+    private var inReadBatch = false
+    private var needsFlush = false
+    private var closing = false
+    private var quiescing = false
+    private var readDeferred = false
+    private var lastRead = NIODeadline.now()
+    /// Whether this read batch moved a request on (a slowly dribbled head does not keep a connection).
+    private var progressed = false
+    private var idleCheck: Scheduled<Void>?
+
+    init(loop: LoopState, shared: GatewayShared, keepAliveTimeout: TimeAmount, maxHeadBytes: Int) {
+        self.loop = loop
+        self.shared = shared
+        self.keepAliveTimeout = keepAliveTimeout
+        self.maxHeadBytes = maxHeadBytes
+    }
+
+    // MARK: lifecycle
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        clientDescription = describeClient(context.channel.remoteAddress)
+        if context.channel.isActive { scheduleIdleCheck(context, at: .now() + keepAliveTimeout) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
+        idleCheck = nil
+        abandonNative()
+        // Whatever was held belongs to the codec, if it is still there.
+        if pending.readableBytes > 0 {
+            let held = pending
+            pending = ByteBuffer()
+            context.fireChannelRead(wrapInboundOut(held))
+        }
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if idleCheck == nil { scheduleIdleCheck(context, at: .now() + keepAliveTimeout) }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
+        idleCheck = nil
+        abandonNative()
+        closing = true
+        context.fireChannelInactive()
+    }
+
+    // MARK: inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        inReadBatch = true
+        var buffer = unwrapInboundIn(data)
+        switch mode {
+        case .passthrough:
+            progressed = true
+            context.fireChannelRead(data)
+            return
+        case .gateway(let remaining) where remaining > 0:
+            let forward = min(remaining, buffer.readableBytes)
+            let body = buffer.readSlice(length: forward)!
+            mode = .gateway(bodyRemaining: remaining - forward)
+            progressed = true
+            context.fireChannelRead(wrapInboundOut(body))
+            guard buffer.readableBytes > 0 else { return }
+        default:
+            break
+        }
+        if closing { return }
+        if pending.readableBytes == 0 {
+            pending = buffer
+        } else {
+            pending.writeBuffer(&buffer)
+        }
+        processPending(context)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        inReadBatch = false
+        if progressed {
+            progressed = false
+            lastRead = .now()
+        }
+        if needsFlush {
+            needsFlush = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+        if case .gateway(0) = mode, pending.readableBytes <= Self.holdLimit, context.channel.isWritable {
+            // The codec's pipeline handler withholds reads while the gateway answers;
+            // the request is complete, so anything the client sends now is held here
+            // (bounded by holdLimit). Asking for it keeps the socket's read interest,
+            // instead of dropping and re-adding it (two epoll_ctl calls) per request.
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { resumeReading(context) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Graceful shutdown: no new requests are framed. Close now if idle, else
+            // after the native answer in progress; the codec's pipeline handler does
+            // the same for a request with the gateway.
+            quiescing = true
+            if case .fast = mode {
+                if !nativeInFlight { context.close(promise: nil) }
+                return
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: outbound
+
+    func read(context: ChannelHandlerContext) {
+        // Back-pressure: stop reading while the client does not take our answers,
+        // or while too much of what it sent is waiting.
+        if !context.channel.isWritable || (pending.readableBytes > Self.holdLimit && isWaiting) {
+            readDeferred = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// Whether held bytes are waiting for an answer (rather than for more bytes of the same request).
+    private var isWaiting: Bool {
+        if nativeInFlight { return true }
+        if case .gateway(0) = mode { return true }
+        return false
+    }
+
+    private func resumeReading(_ context: ChannelHandlerContext) {
+        guard readDeferred, context.channel.isWritable, !(pending.readableBytes > Self.holdLimit && isWaiting) else { return }
+        readDeferred = false
+        context.read()
+    }
+
+    // MARK: framing
+
+    /// Frames and serves what is buffered, until a request is incomplete or
+    /// another party (an async handler, the gateway) has to answer first.
+    private func processPending(_ context: ChannelHandlerContext) {
+        while case .fast = mode, !nativeInFlight, !closing, !quiescing, pending.readableBytes > 0 {
+            let scan = pending.withUnsafeReadableBytes { bytes in
+                HTTP1RequestHead.scan(bytes, fields: &fields, maxFields: maxHeaderFields)
+            }
+            switch scan {
+            case .incomplete:
+                if pending.readableBytes > maxHeadBytes { handOver(context) }
+                return
+            case .unframeable:
+                handOver(context)
+                return
+            case .complete(let head):
+                guard head.length <= maxHeadBytes else {
+                    handOver(context)  // the codec refuses it with its own limits
+                    return
+                }
+                guard let call = nativeCall(for: head) else {
+                    toGateway(head, context)
+                    return
+                }
+                progressed = true
+                guard pending.readableBytes >= head.length + head.contentLength else { return }  // the body is on its way
+                serveNative(head, call, context)
+            }
+        }
+        resumeReading(context)
+    }
+
+    /// Gives the rest of the connection to the codec.
+    private func handOver(_ context: ChannelHandlerContext) {
+        mode = .passthrough
+        let bytes = pending
+        pending = ByteBuffer()
+        context.fireChannelRead(wrapInboundOut(bytes))
+        if !inReadBatch { context.fireChannelReadComplete() }
+    }
+
+    /// Hands one request (its head and as much of its body as is here) to the codec and the gateway.
+    private func toGateway(_ head: HTTP1RequestHead, _ context: ChannelHandlerContext) {
+        let total = head.length + head.contentLength
+        let available = min(total, pending.readableBytes)
+        let request = pending.readSlice(length: available)!
+        progressed = true
+        if pending.readableBytes == 0 { pending = ByteBuffer() }
+        mode = .gateway(bodyRemaining: total - available)
+        context.fireChannelRead(wrapInboundOut(request))
+        if !inReadBatch { context.fireChannelReadComplete() }
+    }
+
+    /// Called by the gateway when it has written the whole response to a request
+    /// this handler gave it: framing resumes here with whatever the client sent since.
+    func gatewayResponseFinished() {
+        guard case .gateway(let remaining) = mode, let context, !quiescing else { return }
+        guard remaining == 0 else {
+            // Answered before its body arrived (the gateway closes such connections
+            // anyway): the codec keeps the connection.
+            handOver(context)
+            return
+        }
+        mode = .fast
+        processPending(context)
+    }
+
+    // MARK: native requests
+
+    private struct NativeCall {
+        let route: NativeRoute
+        let pattern: String
+        let path: String
+        let parameters: [(name: String, value: String)]
+        let method: String
+        let queryStart: Int?
+    }
+
+    /// The native route this request is for, if this handler can serve it here.
+    private func nativeCall(for head: HTTP1RequestHead) -> NativeCall? {
+        let router = loop.router
+        guard !router.table.isEmpty, !head.expects else { return nil }
+        return pending.withUnsafeReadableBytes { bytes -> NativeCall? in
+            let method = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[head.method]), as: UTF8.self)
+            let target = UnsafeRawBufferPointer(rebasing: bytes[head.target])
+            let queryOffset = target.firstIndex(of: UInt8(ascii: "?"))
+            let rawPath = String(decoding: UnsafeRawBufferPointer(rebasing: target[..<(queryOffset ?? target.count)]), as: UTF8.self)
+            guard let path = try? NormalizedPath(Substring(rawPath)),
+                let match = router.table.match(method: method, path: path),
+                match.target.library.kind != .blocking,
+                head.contentLength <= match.target.maxBodyBytes
+            else { return nil }
+            return NativeCall(
+                route: match.target, pattern: match.pattern.description,
+                path: isCanonical(rawPath) ? rawPath : path.text, parameters: match.parameters,
+                method: method, queryStart: queryOffset)
+        }
+    }
+
+    private func serveNative(_ head: HTTP1RequestHead, _ call: NativeCall, _ context: ChannelHandlerContext) {
+        generation += 1
+        let generation = self.generation
+        let started = NIODeadline.now()
+        let length = head.length + head.contentLength
+        let target = pending.getString(at: pending.readerIndex + head.target.lowerBound, length: head.target.count) ?? ""
+        var requestID = loop.makeRequestID()
+        if let range = head.requestID,
+            let supplied = pending.getString(at: pending.readerIndex + range.lowerBound, length: range.count),
+            isValidRequestID(supplied)
+        {
+            requestID = supplied
+        }
+        let keepAlive = head.keepAlive && !quiescing
+        let encoder = NativeHTTP1Response(
+            minorVersion: head.minorVersion, isHead: call.method == "HEAD", keepAlive: keepAlive, requestID: requestID,
+            date: loop.dateHeader(), hsts: shared.hsts, handlerName: call.route.library.name)
+        let record = FinishedRecord(
+            method: call.method, target: target, minorVersion: head.minorVersion, requestID: requestID, started: started,
+            route: call.pattern, bytesIn: head.contentLength, keepAlive: keepAlive)
+
+        RequestMetrics.inFlight.increment()
+        nativeInFlight = true
+        let eventLoop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        let allocator = context.channel.allocator
+        let logger = shared.logger
+        let responder = NativeResponder(handlerName: call.route.library.name, logger: logger) { response in
+            var out = allocator.buffer(capacity: 0)
+            let written = encoder.encode(response.pointee, into: &out, logger: logger)
+            if eventLoop.inEventLoop {
+                bound.value.nativeFinished(out, written, record, generation: generation)
+            } else {
+                eventLoop.execute { bound.value.nativeFinished(out, written, record, generation: generation) }
+            }
+        }
+
+        inNativeCall = true
+        let library = call.route.library
+        let remote = clientDescription
+        // The ABI promises lower-case names. Names with capitals are lowered into a
+        // scratch buffer: the received bytes may still be shared with NIO's read buffer,
+        // and writing them would copy the whole buffer.
+        lowercaseNames.removeAll(keepingCapacity: true)
+        loweredNames.removeAll(keepingCapacity: true)
+        pending.withUnsafeReadableBytes { bytes in
+            for field in fields {
+                let name = UnsafeRawBufferPointer(rebasing: bytes[field.name])
+                guard name.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) else {
+                    loweredNames.append(0..<0)  // already lower-case: used where it lies
+                    continue
+                }
+                let start = lowercaseNames.count
+                for byte in name { lowercaseNames.append(byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte) }
+                loweredNames.append(start..<lowercaseNames.count)
+            }
+        }
+        pending.withUnsafeReadableBytes { bytes in lowercaseNames.withUnsafeBytes { scratch in
+            let base = bytes.baseAddress!.assumingMemoryBound(to: CChar.self)
+            func str(_ range: Range<Int>) -> apus_type_str { apus_type_str(data: base + range.lowerBound, length: range.count) }
+            cHeaders.removeAll(keepingCapacity: true)
+            for (field, lowered) in zip(fields, loweredNames) {
+                let name =
+                    lowered.isEmpty
+                    ? str(field.name)
+                    : apus_type_str(
+                        data: scratch.baseAddress!.assumingMemoryBound(to: CChar.self) + lowered.lowerBound, length: lowered.count)
+                cHeaders.append(apus_type_header(name: name, value: str(field.value)))
+            }
+            let query = call.queryStart.map { head.target.lowerBound + $0 + 1..<head.target.upperBound } ?? 0..<0
+            let body = head.length..<length
+            withParameters(call.parameters) { parameters in
+                withStrings(call.path, requestID, remote) { path, requestID, remote in
+                    cHeaders.withUnsafeBufferPointer { headers in
+                        var request = apus_type_request(
+                            struct_size: UInt32(MemoryLayout<apus_type_request>.size),
+                            method: str(head.method), path: path, query: str(query), request_id: requestID,
+                            remote_address: remote, headers: headers.baseAddress, header_count: headers.count,
+                            params: parameters.baseAddress, param_count: parameters.count,
+                            body: UnsafeRawPointer(base + body.lowerBound).assumingMemoryBound(to: UInt8.self),
+                            body_length: body.count)
+                        library.invoke(borrowing: &request, responder: responder)
+                    }
+                }
+            }
+        } }
+        inNativeCall = false
+        pending.moveReaderIndex(forwardBy: length)
+        if pending.readableBytes == 0 { pending = ByteBuffer() }
+    }
+
+    /// What metrics and the access log need once the answer is out.
+    private struct FinishedRecord: Sendable {
+        let method: String
+        let target: String
+        let minorVersion: Int
+        let requestID: String
+        let started: NIODeadline
+        let route: String
+        let bytesIn: Int
+        let keepAlive: Bool
+    }
+
+    private func nativeFinished(
+        _ response: ByteBuffer, _ written: NativeHTTP1Response.Written, _ record: FinishedRecord, generation: Int
+    ) {
+        guard generation == self.generation, nativeInFlight, let context else { return }
+        nativeInFlight = false
+        RequestMetrics.inFlight.decrement()
+        shared.recordRequest(
+            loop: loop, client: clientDescription, method: record.method, target: record.target,
+            version: HTTPVersion(major: 1, minor: record.minorVersion), status: written.status, kind: "native",
+            route: record.route, requestID: record.requestID, traceID: "", started: record.started,
+            upstreamSeconds: nil, bytesIn: record.bytesIn, bytesOut: written.bodyBytes)
+        if !record.keepAlive || quiescing {
+            closing = true
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(response)).whenComplete { _ in bound.value.close(promise: nil) }
+            return
+        }
+        context.write(wrapOutboundOut(response), promise: nil)
+        if inReadBatch {
+            needsFlush = true
+        } else {
+            context.flush()
+        }
+        if !inNativeCall { processPending(context) }
+    }
+
+    private func abandonNative() {
+        if nativeInFlight {
+            nativeInFlight = false
+            RequestMetrics.inFlight.decrement()
+        }
+        generation += 1
+    }
+
+    // MARK: keep-alive timeout
+
+    private func scheduleIdleCheck(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        idleCheck = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = bound.value
+            handler.idleCheckFired(context)
+        }
+    }
+
+    /// A quiet connection is closed after `keepalive_timeout`, as is one that sent
+    /// only part of a request head in that time. One timer per connection, moved
+    /// on lazily rather than reset on every read.
+    private func idleCheckFired(_ context: ChannelHandlerContext) {
+        idleCheck = nil
+        guard self.context != nil, !closing else { return }
+        let quietSince = lastRead
+        let now = NIODeadline.now()
+        if now - quietSince < keepAliveTimeout {
+            scheduleIdleCheck(context, at: quietSince + keepAliveTimeout)
+            return
+        }
+        switch mode {
+        case .fast where !nativeInFlight:
+            context.close(promise: nil)
+            return
+        case .passthrough:
+            // The gateway knows whether a request is in progress; it closes if not.
+            context.fireUserInboundEventTriggered(IdleStateHandler.IdleStateEvent.read)
+        case .fast, .gateway:
+            break  // a request is being answered
+        }
+        scheduleIdleCheck(context, at: now + keepAliveTimeout)
+    }
+}
+
+/// Whether a raw path is already in normalised form (no escapes, dot segments,
+/// repeated or trailing-root slashes), so it can be used as it is.
+private func isCanonical(_ path: String) -> Bool {
+    var previous: UInt8 = 0
+    var segmentStart = true
+    var dots = 0
+    for byte in path.utf8 {
+        switch byte {
+        case UInt8(ascii: "%"), 0: return false
+        case UInt8(ascii: "/"):
+            if previous == UInt8(ascii: "/") || (segmentStart && dots > 0 && dots <= 2) { return false }
+            segmentStart = true
+            dots = 0
+        case UInt8(ascii: "."):
+            if segmentStart { dots += 1 }
+        default:
+            segmentStart = false
+            dots = 0
+        }
+        previous = byte
+    }
+    return !(segmentStart && dots > 0 && dots <= 2)
+}
+
+/// "ip:port" of a connection's peer, as logs show it; empty when unknown.
+func describeClient(_ address: SocketAddress?) -> String {
+    guard let address, let ip = address.ipAddress else { return "" }
+    return address.port.map { "\(ip):\($0)" } ?? ip
+}
+
+/// Lends path parameters in C form for the duration of `body`.
+private func withParameters<Result>(
+    _ parameters: [(name: String, value: String)], _ body: (UnsafeBufferPointer<apus_type_header>) -> Result
+) -> Result {
+    guard !parameters.isEmpty else { return body(UnsafeBufferPointer(start: nil, count: 0)) }
+    var arena: [UInt8] = []
+    var spans: [(Range<Int>, Range<Int>)] = []
+    for (name, value) in parameters {
+        let nameStart = arena.count
+        arena.append(contentsOf: name.utf8)
+        let valueStart = arena.count
+        arena.append(contentsOf: value.utf8)
+        spans.append((nameStart..<valueStart, valueStart..<arena.count))
+    }
+    return arena.withUnsafeBufferPointer { bytes in
+        let base = UnsafeRawPointer(bytes.baseAddress)?.assumingMemoryBound(to: CChar.self)
+        func str(_ range: Range<Int>) -> apus_type_str { apus_type_str(data: base.map { $0 + range.lowerBound }, length: range.count) }
+        let headers = spans.map { apus_type_header(name: str($0.0), value: str($0.1)) }
+        return headers.withUnsafeBufferPointer(body)
+    }
+}
+
+/// Lends three strings as `apus_type_str` for the duration of `body`.
+private func withStrings<Result>(
+    _ first: String, _ second: String, _ third: String,
+    _ body: (apus_type_str, apus_type_str, apus_type_str) -> Result
+) -> Result {
+    var first = first
+    var second = second
+    var third = third
+    func str(_ bytes: UnsafeBufferPointer<UInt8>) -> apus_type_str {
+        apus_type_str(data: UnsafeRawPointer(bytes.baseAddress)?.assumingMemoryBound(to: CChar.self), length: bytes.count)
+    }
+    return first.withUTF8 { a in second.withUTF8 { b in third.withUTF8 { c in body(str(a), str(b), str(c)) } } }
+}

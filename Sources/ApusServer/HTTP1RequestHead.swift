@@ -1,0 +1,217 @@
+/// One HTTP/1.1 request head, located in place in the bytes it was parsed from
+/// (every range is an offset from the start of those bytes).
+///
+/// The parser behind it (`HTTP1RequestHead.scan`) accepts only the canonical form
+/// of a request head that clients actually send: `METHOD SP origin-target SP
+/// HTTP/1.x CRLF`, `name: value CRLF` lines, an empty line. Anything else — bare
+/// LF, obs-fold, a space before a colon, control bytes, a `Transfer-Encoding`,
+/// an upgrade, duplicate or odd `Content-Length`s — is `.unframeable`, and the
+/// connection's bytes then go to NIO's full HTTP/1 codec (llhttp) unchanged. So
+/// where this parser frames a request, both parsers agree on where it ends; where
+/// they might not, this one steps aside instead of guessing.
+struct HTTP1RequestHead {
+    /// A header line's name and value (value without surrounding whitespace).
+    struct Field {
+        var name: Range<Int>
+        var value: Range<Int>
+    }
+
+    var method: Range<Int> = 0..<0
+    var target: Range<Int> = 0..<0
+    /// 1 for HTTP/1.1, 0 for HTTP/1.0.
+    var minorVersion = 1
+    /// Bytes of the head, including the empty line that ends it.
+    var length = 0
+    /// The body's length (0 without `Content-Length`).
+    var contentLength = 0
+    /// `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`.
+    var keepAlive = true
+    /// An `Expect` header: the gateway answers `100-continue` itself.
+    var expects = false
+    /// Where a client-supplied `X-Request-ID` is.
+    var requestID: Range<Int>?
+
+    /// What a scan of the buffered bytes found.
+    enum Scan {
+        /// No complete head yet.
+        case incomplete
+        /// A complete head whose framing is certain; its fields are in the array passed to `scan`.
+        case complete(HTTP1RequestHead)
+        /// Not in the canonical form: leave the connection to the full codec.
+        case unframeable
+    }
+
+    /// Parses the head at the start of `bytes`; header fields go into `fields`
+    /// (cleared first), which the caller keeps to reuse its storage.
+    static func scan(_ bytes: UnsafeRawBufferPointer, fields: inout [Field], maxFields: Int) -> Scan {
+        fields.removeAll(keepingCapacity: true)
+        var head = HTTP1RequestHead()
+        let end = bytes.count
+        var index = 0
+
+        // Request line.
+        while index < end, isUpper(bytes[index]) { index += 1 }
+        guard index < end else { return .incomplete }
+        guard index > 0, index <= 16, bytes[index] == space else { return .unframeable }
+        head.method = 0..<index
+        index += 1
+        let targetStart = index
+        while index < end, bytes[index] > space, bytes[index] < 0x7F { index += 1 }
+        guard index < end else { return .incomplete }
+        guard index > targetStart, bytes[index] == space, bytes[targetStart] == slash else { return .unframeable }
+        head.target = targetStart..<index
+        index += 1
+        // "HTTP/1.x\r\n"
+        guard end - index >= 10 else { return .incomplete }
+        guard bytes[index] == 0x48, bytes[index + 1] == 0x54, bytes[index + 2] == 0x54, bytes[index + 3] == 0x50,
+            bytes[index + 4] == slash, bytes[index + 5] == 0x31, bytes[index + 6] == 0x2E,
+            bytes[index + 7] == 0x31 || bytes[index + 7] == 0x30, bytes[index + 8] == cr, bytes[index + 9] == lf
+        else { return .unframeable }
+        head.minorVersion = bytes[index + 7] == 0x31 ? 1 : 0
+        head.keepAlive = head.minorVersion == 1
+        index += 10
+
+        var sawContentLength = false
+        var connectionKeepAlive = false
+        var connectionClose = false
+        while true {
+            guard index < end else { return .incomplete }
+            if bytes[index] == cr {
+                guard index + 1 < end else { return .incomplete }
+                guard bytes[index + 1] == lf else { return .unframeable }
+                head.length = index + 2
+                break
+            }
+            guard fields.count < maxFields else { return .unframeable }
+            // Name: one or more token characters, then the colon (no space before it; no obs-fold).
+            let nameStart = index
+            while index < end, isToken(bytes[index]) { index += 1 }
+            guard index < end else { return .incomplete }
+            guard index > nameStart, bytes[index] == colon else { return .unframeable }
+            let name = nameStart..<index
+            index += 1
+            while index < end, bytes[index] == space || bytes[index] == tab { index += 1 }
+            let valueStart = index
+            var valueEnd = index
+            while index < end {
+                let byte = bytes[index]
+                if byte == cr { break }
+                guard byte >= space || byte == tab, byte != 0x7F else { return .unframeable }
+                index += 1
+                if byte != space && byte != tab { valueEnd = index }
+            }
+            guard index + 1 < end else { return .incomplete }
+            guard bytes[index + 1] == lf else { return .unframeable }
+            let value = valueStart..<valueEnd
+            index += 2
+            fields.append(Field(name: name, value: value))
+
+            switch classify(bytes, name) {
+            case .contentLength:
+                guard !sawContentLength, let length = decimal(bytes, value) else { return .unframeable }
+                sawContentLength = true
+                head.contentLength = length
+            case .transferEncoding, .upgrade:
+                return .unframeable
+            case .connection:
+                for token in tokens(bytes, value) {
+                    if equalsLowercase(bytes, token, "close") {
+                        connectionClose = true
+                    } else if equalsLowercase(bytes, token, "keep-alive") {
+                        connectionKeepAlive = true
+                    } else if equalsLowercase(bytes, token, "upgrade") {
+                        return .unframeable
+                    }
+                }
+            case .expect:
+                head.expects = true
+            case .requestID:
+                head.requestID = value
+            case .other:
+                break
+            }
+        }
+        if connectionClose {
+            head.keepAlive = false
+        } else if connectionKeepAlive {
+            head.keepAlive = true
+        }
+        return .complete(head)
+    }
+
+    // MARK: bytes
+
+    private static let space: UInt8 = 0x20
+    private static let tab: UInt8 = 0x09
+    private static let cr: UInt8 = 0x0D
+    private static let lf: UInt8 = 0x0A
+    private static let colon: UInt8 = 0x3A
+    private static let slash: UInt8 = 0x2F
+
+    private static func isUpper(_ byte: UInt8) -> Bool { byte >= 0x41 && byte <= 0x5A }
+
+    /// RFC 9110 `tchar`.
+    private static func isToken(_ byte: UInt8) -> Bool {
+        switch byte {
+        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
+        case 0x21, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E, 0x5F, 0x60, 0x7C, 0x7E: return true
+        default: return false
+        }
+    }
+
+    private enum KnownHeader {
+        case contentLength, transferEncoding, upgrade, connection, expect, requestID, other
+    }
+
+    /// The headers that decide framing or handling, found by length first so most names cost one compare.
+    private static func classify(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>) -> KnownHeader {
+        switch name.count {
+        case 14: return equalsLowercase(bytes, name, "content-length") ? .contentLength : .other
+        case 17: return equalsLowercase(bytes, name, "transfer-encoding") ? .transferEncoding : .other
+        case 7: return equalsLowercase(bytes, name, "upgrade") ? .upgrade : .other
+        case 10: return equalsLowercase(bytes, name, "connection") ? .connection : .other
+        case 6: return equalsLowercase(bytes, name, "expect") ? .expect : .other
+        case 12: return equalsLowercase(bytes, name, "x-request-id") ? .requestID : .other
+        default: return .other
+        }
+    }
+
+    /// Whether the bytes in `range` equal the lower-case ASCII `word`, ignoring case.
+    static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ word: StaticString) -> Bool {
+        guard range.count == word.utf8CodeUnitCount else { return false }
+        let expected = word.utf8Start
+        for offset in 0..<range.count {
+            var byte = bytes[range.lowerBound + offset]
+            if byte >= 0x41 && byte <= 0x5A { byte |= 0x20 }
+            if byte != expected[offset] { return false }
+        }
+        return true
+    }
+
+    /// A `Content-Length` value: 1–15 digits and nothing else.
+    private static func decimal(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
+        guard !range.isEmpty, range.count <= 15 else { return nil }
+        var value = 0
+        for index in range {
+            let digit = bytes[index] &- 0x30
+            guard digit < 10 else { return nil }
+            value = value * 10 + Int(digit)
+        }
+        return value
+    }
+
+    /// The comma-separated tokens of a list value, without surrounding whitespace.
+    private static func tokens(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> [Range<Int>] {
+        var result: [Range<Int>] = []
+        var start = range.lowerBound
+        for index in range.lowerBound...range.upperBound where index == range.upperBound || bytes[index] == 0x2C {
+            var lower = start
+            var upper = index
+            while lower < upper, bytes[lower] == space || bytes[lower] == tab { lower += 1 }
+            while upper > lower, bytes[upper - 1] == space || bytes[upper - 1] == tab { upper -= 1 }
+            if lower < upper { result.append(lower..<upper) }
+            start = index + 1
+        }
+        return result
+    }
+}

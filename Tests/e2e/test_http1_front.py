@@ -1,0 +1,191 @@
+"""The HTTP/1.1 front handler: native routes framed and answered from the
+received bytes, everything else handed to the full codec, on one connection,
+in order. Raw sockets, so each test controls exactly which bytes arrive when."""
+
+import json
+import socket
+import time
+
+import httpx
+
+
+def connect(gateway) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_response(sock, buffered: bytearray) -> tuple[int, dict, bytes]:
+    """One response (content-length framed, as every answer here is): status, headers, body."""
+    while b"\r\n\r\n" not in buffered:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response head; got {bytes(buffered)!r}"
+        buffered += chunk
+    end = buffered.index(b"\r\n\r\n")
+    lines = bytes(buffered[:end]).decode("latin-1").split("\r\n")
+    del buffered[:end + 4]
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(buffered) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a body"
+        buffered += chunk
+    body = bytes(buffered[:length])
+    del buffered[:length]
+    return status, headers, body
+
+
+def read_until_closed(sock) -> bytes:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_native_and_proxied_requests_pipelined_in_one_write_are_answered_in_order(gateway):
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /echo/first/a HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /hello/second HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"POST /echo/third/b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                     b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                     b"GET /orderbook/ACME?n=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        buffered = bytearray()
+        status, headers, body = read_response(sock, buffered)
+        assert status == 200 and json.loads(body)["params"]["name"] == "first"
+        status, headers, body = read_response(sock, buffered)
+        assert status == 200 and headers["server"] == "uvicorn" and b"second" in body
+        status, headers, body = read_response(sock, buffered)
+        seen = json.loads(body)
+        assert status == 200 and seen["params"]["name"] == "third" and seen["body"] == "hello"
+        status, headers, body = read_response(sock, buffered)
+        assert status == 200 and headers["server"] == "uvicorn" and json.loads(body)["bytes"] == 3
+        status, headers, body = read_response(sock, buffered)
+        assert status == 200 and headers["connection"] == "close" and len(json.loads(body)["orders"]) == 2
+        assert bytes(buffered) + read_until_closed(sock) == b""
+
+
+def test_requests_arriving_byte_by_byte_are_framed_and_answered(gateway):
+    request = (b"POST /echo/slow/x HTTP/1.1\r\nHost: x\r\nX-Test: drip\r\nContent-Length: 11\r\n\r\nhello world"
+               b"GET /hello/after HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"GET /echo/last/y HTTP/1.1\r\nHost: x\r\n\r\n")
+    with connect(gateway) as sock:
+        for index in range(len(request)):
+            sock.sendall(request[index:index + 1])
+            time.sleep(0.001)
+        buffered = bytearray()
+        status, _, body = read_response(sock, buffered)
+        seen = json.loads(body)
+        assert status == 200 and seen["body"] == "hello world" and seen["header_x_test"] == "drip"
+        status, headers, body = read_response(sock, buffered)
+        assert status == 200 and headers["server"] == "uvicorn" and b"after" in body
+        status, _, body = read_response(sock, buffered)
+        assert status == 200 and json.loads(body)["params"]["name"] == "last"
+
+
+def test_header_names_reach_the_handler_lower_case_and_values_unchanged(gateway):
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /echo/case/x HTTP/1.1\r\nHOST: x\r\nX-Test:   Mixed Case Value  \r\nx-lower: 1\r\n\r\n")
+        status, _, body = read_response(sock, bytearray())
+    seen = json.loads(body)
+    assert status == 200
+    assert seen["header_names"] == ["host", "x-test", "x-lower"]
+    assert seen["header_x_test"] == "Mixed Case Value"
+
+
+def test_chunked_body_to_a_native_route_goes_through_the_codec_and_the_connection_keeps_working(gateway):
+    with connect(gateway) as sock:
+        sock.sendall(b"POST /echo/chunked/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                     b"GET /echo/next/y HTTP/1.1\r\nHost: x\r\n\r\n")
+        buffered = bytearray()
+        status, _, body = read_response(sock, buffered)
+        assert status == 200 and json.loads(body)["body"] == "hello world"
+        status, _, body = read_response(sock, buffered)
+        assert status == 200 and json.loads(body)["params"]["name"] == "next"
+
+
+def test_expect_100_continue_on_a_native_route(gateway):
+    with connect(gateway) as sock:
+        sock.sendall(b"POST /echo/expect/x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        buffered = bytearray()
+        while b"\r\n\r\n" not in buffered:
+            buffered += sock.recv(65536)
+        assert bytes(buffered).startswith(b"HTTP/1.1 100 Continue\r\n")
+        del buffered[:buffered.index(b"\r\n\r\n") + 4]
+        sock.sendall(b"data")
+        status, _, body = read_response(sock, buffered)
+        assert status == 200 and json.loads(body)["body"] == "data"
+
+
+def test_smuggling_shapes_get_400_and_reach_no_handler(gateway):
+    shapes = [
+        b"POST /echo/a/b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /echo/a/b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        b"GET /echo/a/b HTTP/1.1\r\nHost : x\r\n\r\n",
+        b"GET /echo/a/b HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+    ]
+    for shape in shapes:
+        with connect(gateway) as sock:
+            sock.sendall(shape)
+            data = read_until_closed(sock)
+        assert data.startswith(b"HTTP/1.1 400"), (shape, data)
+        assert b'"params"' not in data  # no handler answered
+    assert httpx.get(f"{gateway.url}/echo/still/up").status_code == 200
+
+
+def test_oversized_head_is_refused_by_the_codec(gateway):
+    # Just over max_header_size (64 KiB by default), so the gateway has read all of it when it answers.
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /echo/a/b HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (66 * 1024) + b"\r\n\r\n")
+        time.sleep(0.5)
+        data = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 431") or data.startswith(b"HTTP/1.1 400"), data[:100]
+
+
+def test_http10_and_connection_close_end_the_connection_after_a_native_answer(gateway):
+    for request in [b"GET /echo/old/x HTTP/1.0\r\n\r\n",
+                    b"GET /echo/close/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /echo/ignored/x HTTP/1.1\r\n\r\n"]:
+        with connect(gateway) as sock:
+            sock.sendall(request)
+            data = read_until_closed(sock)
+        assert data.count(b"HTTP/1.") == 1 and b"connection: close" in data.lower()
+        assert b"ignored" not in data
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /echo/kept/x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, body = read_response(sock, bytearray())
+        assert status == 200 and "connection" not in headers
+        sock.sendall(b"GET /echo/again/x HTTP/1.0\r\n\r\n")
+        assert b'"again"' in read_until_closed(sock)
+
+
+def test_keepalive_timeout_closes_quiet_and_dribbling_connections_but_not_busy_ones(gateway_factory, uvicorn_backend):
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", server_extra="keepalive_timeout = 1")
+    with connect(gateway) as quiet, connect(gateway) as dribbling, connect(gateway) as busy:
+        quiet.sendall(b"GET /echo/q/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_response(quiet, bytearray())
+        started = time.monotonic()
+        busy_buffer = bytearray()
+        head = b"GET /echo/dribble/x HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 100
+        dribbled = 0
+        while time.monotonic() - started < 2.5:
+            # A request every 0.3 s keeps `busy` open; a head that never ends does not keep `dribbling`.
+            busy.sendall(b"GET /echo/b/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(busy, busy_buffer)[0] == 200
+            try:
+                dribbling.sendall(head[dribbled:dribbled + 1])
+                dribbled += 1
+            except OSError:
+                pass
+            time.sleep(0.3)
+        quiet.settimeout(1)
+        dribbling.settimeout(1)
+        assert read_until_closed(quiet) == b""
+        assert read_until_closed(dribbling) == b""
+        busy.sendall(b"GET /echo/b/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(busy, busy_buffer)[0] == 200
