@@ -22,6 +22,9 @@ public struct RouteTable<Target: Sendable>: Sendable {
     // a lookup runs specialised code with no type-metadata work per request.
     private let root = RouteNode()
     private let entries: [Entry]
+    /// The tree node of every all-literal pattern, by its path text (`/health`):
+    /// a request path already in normal form finds such a route with one lookup.
+    private var literalPaths: [String: RouteNode] = [:]
     /// The routes in the order they were given.
     public let patterns: [RoutePattern]
 
@@ -29,6 +32,7 @@ public struct RouteTable<Target: Sendable>: Sendable {
     public init(_ routes: [(pattern: RoutePattern, target: Target)]) throws(RouteConflictError) {
         patterns = routes.map(\.pattern)
         entries = routes.map { Entry(pattern: $0.pattern, target: $0.target) }
+        var literalPaths: [String: RouteNode] = [:]
         for (index, route) in routes.enumerated() {
             var node = root
             for segment in route.pattern.segments {
@@ -55,6 +59,13 @@ public struct RouteTable<Target: Sendable>: Sendable {
                     node = node.catchAll!.node
                 }
             }
+            let literals = route.pattern.segments.compactMap { segment -> String? in
+                if case .literal(let text) = segment { return text }
+                return nil
+            }
+            if literals.count == route.pattern.segments.count {
+                literalPaths["/" + literals.joined(separator: "/")] = node
+            }
             if let method = route.pattern.method {
                 if let existing = node.byMethod[method] {
                     throw RouteConflictError(first: patterns[existing], second: route.pattern)
@@ -65,6 +76,7 @@ public struct RouteTable<Target: Sendable>: Sendable {
                 node.anyMethod = index
             }
         }
+        self.literalPaths = literalPaths
     }
 
     private func owner(of node: RouteNode) -> RoutePattern {
@@ -73,6 +85,15 @@ public struct RouteTable<Target: Sendable>: Sendable {
 
     /// Whether no route is configured (every request goes to the backend).
     public var isEmpty: Bool { patterns.isEmpty }
+
+    /// Finds an all-literal route for a path that is already in normal form (no
+    /// escapes, dot segments, repeated or trailing slashes): one hash lookup, no
+    /// allocation. `nil` means "ask `match`", not "no route": the answer is always
+    /// the one `match` would give, because literal segments win there too.
+    public func matchLiteral(method: String, normalPath: String) -> Match? {
+        guard let node = literalPaths[normalPath], let entry = node.entry(method) else { return nil }
+        return Match(target: entries[entry].target, pattern: entries[entry].pattern, parameters: [])
+    }
 
     /// Finds the route for a method and a normalised path.
     public func match(method: String, path: NormalizedPath) -> Match? {
@@ -125,7 +146,7 @@ private final class RouteNode: @unchecked Sendable {
         return nil
     }
 
-    private func entry(_ method: String) -> Int? {
+    func entry(_ method: String) -> Int? {
         if let entry = byMethod[method] { return entry }
         if method == "HEAD", let entry = byMethod["GET"] { return entry }
         return anyMethod

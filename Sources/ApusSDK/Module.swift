@@ -97,35 +97,36 @@ private final class HandlerBox: @unchecked Sendable {
         }
     }
 
-    /// Hands the response to the host. All header strings go into one arena so
-    /// that the header array can point into it for the duration of the call.
+    /// Hands the response to the host. Header strings are copied into one arena
+    /// and the C header array points into it; both live on the stack for the call
+    /// (a response's headers are a few hundred bytes), so answering allocates nothing.
     private func respond(_ responder: Responder, _ response: Response) {
-        var arena: [UInt8] = []
-        var spans: [(Int, Int, Int, Int)] = []
-        spans.reserveCapacity(response.headers.fields.count)
-        for field in response.headers.fields {
-            let nameStart = arena.count
-            arena.append(contentsOf: field.name.utf8)
-            let valueStart = arena.count
-            arena.append(contentsOf: field.value.utf8)
-            spans.append((nameStart, valueStart - nameStart, valueStart, arena.count - valueStart))
-        }
+        let fields = response.headers.fields
+        var byteCount = 0
+        for field in fields { byteCount += field.name.utf8.count + field.value.utf8.count }
         let status = UInt16(clamping: response.status)
-        arena.withUnsafeBufferPointer { arenaBytes in
-            let base = UnsafeRawPointer(arenaBytes.baseAddress)?.assumingMemoryBound(to: CChar.self)
-            let headers = spans.map { span in
-                apus_type_header(
-                    name: apus_type_str(data: base.map { $0 + span.0 }, length: span.1),
-                    value: apus_type_str(data: base.map { $0 + span.2 }, length: span.3)
-                )
-            }
-            headers.withUnsafeBufferPointer { headerBuffer in
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(byteCount, 1)) { arena in
+            withUnsafeTemporaryAllocation(of: apus_type_header.self, capacity: max(fields.count, 1)) { headers in
+                var offset = 0
+                func copy(_ text: String) -> apus_type_str {
+                    let start = offset
+                    for byte in text.utf8 {
+                        arena[offset] = byte
+                        offset += 1
+                    }
+                    return apus_type_str(
+                        data: UnsafeRawPointer(arena.baseAddress! + start).assumingMemoryBound(to: CChar.self),
+                        length: offset - start)
+                }
+                for (index, field) in fields.enumerated() {
+                    (headers.baseAddress! + index).initialize(to: apus_type_header(name: copy(field.name), value: copy(field.value)))
+                }
                 response.body.withUnsafeBufferPointer { body in
                     var cResponse = apus_type_response(
                         struct_size: UInt32(MemoryLayout<apus_type_response>.size),
                         status: status,
-                        headers: headerBuffer.baseAddress,
-                        header_count: headerBuffer.count,
+                        headers: headers.baseAddress,
+                        header_count: fields.count,
                         body: body.baseAddress,
                         body_length: body.count
                     )

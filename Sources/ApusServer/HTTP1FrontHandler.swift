@@ -298,14 +298,22 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let target = UnsafeRawBufferPointer(rebasing: bytes[head.target])
             let queryOffset = target.firstIndex(of: UInt8(ascii: "?"))
             let rawPath = String(decoding: UnsafeRawBufferPointer(rebasing: target[..<(queryOffset ?? target.count)]), as: UTF8.self)
-            guard let path = try? NormalizedPath(Substring(rawPath)),
-                let match = router.table.match(method: method, path: path),
-                match.target.library.kind != .blocking,
-                head.contentLength <= match.target.maxBodyBytes
-            else { return nil }
+            let canonical = isCanonical(rawPath)
+            let match: RouteTable<NativeRoute>.Match
+            let path: String
+            if canonical, let literal = router.table.matchLiteral(method: method, normalPath: rawPath) {
+                match = literal
+                path = rawPath
+            } else {
+                guard let normalized = try? NormalizedPath(Substring(rawPath)),
+                    let found = router.table.match(method: method, path: normalized)
+                else { return nil }
+                match = found
+                path = canonical ? rawPath : normalized.text
+            }
+            guard match.target.library.kind != .blocking, head.contentLength <= match.target.maxBodyBytes else { return nil }
             return NativeCall(
-                route: match.target, pattern: match.pattern.description,
-                path: isCanonical(rawPath) ? rawPath : path.text, parameters: match.parameters,
+                route: match.target, pattern: match.pattern.description, path: path, parameters: match.parameters,
                 method: method, queryStart: queryOffset)
         }
     }
@@ -483,8 +491,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
-/// Whether a raw path is already in normalised form (no escapes, dot segments,
-/// repeated or trailing-root slashes), so it can be used as it is.
+/// Whether a raw path is already in normal form (no escapes, NUL, dot segments
+/// or repeated slashes), so it can be used as it is.
 private func isCanonical(_ path: String) -> Bool {
     var previous: UInt8 = 0
     var segmentStart = true

@@ -96,3 +96,32 @@ struct RouteTableTests {
         _ = try table(["GET /a", "POST /a", "ANY /a"])
     }
 }
+
+@Suite("Literal route lookup")
+struct LiteralRouteLookupTests {
+    /// The one-lookup path must give exactly what the tree gives, or defer to it.
+    @Test func agreesWithTheTreeOrDefers() throws {
+        let table = try RouteTable<String>([
+            (try RoutePattern("GET /health"), "health"),
+            (try RoutePattern("POST /items"), "create"),
+            (try RoutePattern("GET /{name}"), "by-name"),
+            (try RoutePattern("ANY /a/b"), "any-ab"),
+            (try RoutePattern("GET /"), "root"),
+            (try RoutePattern("GET /files/{rest...}"), "files"),
+        ])
+        let cases: [(String, String)] = [
+            ("GET", "/health"), ("HEAD", "/health"), ("POST", "/health"), ("GET", "/items"), ("POST", "/items"),
+            ("DELETE", "/a/b"), ("GET", "/"), ("GET", "/files"), ("GET", "/nothing/here"), ("GET", "/a"),
+        ]
+        for (method, path) in cases {
+            let tree = table.match(method: method, path: try NormalizedPath(Substring(path)))
+            if let literal = table.matchLiteral(method: method, normalPath: path) {
+                #expect(literal.target == tree?.target, "\(method) \(path)")
+                #expect(literal.parameters.isEmpty)
+            }
+        }
+        #expect(table.matchLiteral(method: "GET", normalPath: "/health")?.target == "health")
+        #expect(table.matchLiteral(method: "GET", normalPath: "/items") == nil)  // the tree finds GET /{name}
+        #expect(table.match(method: "GET", path: try NormalizedPath("/items"))?.target == "by-name")
+    }
+}
