@@ -210,27 +210,50 @@ public struct JSONWriter: ~Copyable, @unchecked Sendable {
         appendBytes(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
-    /// Appends a decimal integer without going through `String`: digits are
-    /// written backwards straight into the buffer's free space.
+    /// Appends a decimal integer without going through `String`: two digits at a
+    /// time from a table, written backwards straight into the buffer's free space.
     @inlinable
     public mutating func appendInteger(_ value: Int) {
         var magnitude = value.magnitude
-        var digits = 1
-        var rest = magnitude / 10
-        while rest > 0 {
-            digits &+= 1
-            rest /= 10
-        }
-        let length = digits &+ (value < 0 ? 1 : 0)
+        let length = Self.decimalDigits(magnitude) &+ (value < 0 ? 1 : 0)
         reserve(length)
         var position = count &+ length
-        repeat {
+        while magnitude >= 100 {
+            let pair = Int(truncatingIfNeeded: magnitude % 100) &* 2
+            magnitude /= 100
+            position &-= 2
+            base[position] = Self.digitPairs[pair]
+            base[position &+ 1] = Self.digitPairs[pair &+ 1]
+        }
+        if magnitude >= 10 {
+            let pair = Int(truncatingIfNeeded: magnitude) &* 2
+            position &-= 2
+            base[position] = Self.digitPairs[pair]
+            base[position &+ 1] = Self.digitPairs[pair &+ 1]
+        } else {
             position &-= 1
-            base[position] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: magnitude % 10)
-            magnitude /= 10
-        } while magnitude > 0
+            base[position] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: magnitude)
+        }
         if value < 0 { base[count] = UInt8(ascii: "-") }
         count &+= length
+    }
+
+    /// "00" through "99", back to back (a literal: no lazy global to check per use).
+    @usableFromInline
+    static var digitPairs: UnsafePointer<UInt8> {
+        ("00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899" as StaticString).utf8Start
+    }
+
+    @inlinable @inline(__always)
+    static func decimalDigits(_ value: UInt) -> Int {
+        var digits = 1
+        var threshold: UInt = 10
+        while digits < 20 && value >= threshold {
+            digits &+= 1
+            if threshold > UInt.max / 10 { break }
+            threshold &*= 10
+        }
+        return digits
     }
 
     /// Appends a double in shortest round-trip form (as Swift's `description` and
@@ -268,33 +291,37 @@ public struct JSONWriter: ~Copyable, @unchecked Sendable {
     }
 
     /// Appends a quoted, escaped string. The common case (nothing to escape) is one
-    /// pass that copies as it checks, with no closure, so it inlines into the handler.
+    /// pass over the string's contiguous UTF-8 that copies as it checks.
     @inlinable
     public mutating func appendString(_ text: String) {
-        let utf8 = text.utf8
-        reserve(utf8.count &+ 2)
-        var position = count
-        base[position] = UInt8(ascii: "\"")
-        position &+= 1
-        for byte in utf8 {
+        // Borrows the bytes of native and small strings without copying or retaining the string.
+        if text.utf8.withContiguousStorageIfAvailable({ appendQuoted($0) }) != nil { return }
+        var text = text
+        text.withUTF8 { appendQuoted($0) }
+    }
+
+    @inlinable
+    mutating func appendQuoted(_ utf8: UnsafeBufferPointer<UInt8>) {
+        let length = utf8.count
+        reserve(length &+ 2)
+        let destination = base + count
+        destination[0] = UInt8(ascii: "\"")
+        var index = 0
+        while index < length {
+            let byte = utf8[index]
             if byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
-                appendEscaped(text)
+                appendEscaped(utf8)  // nothing was counted yet: it starts over
                 return
             }
-            base[position] = byte
-            position &+= 1
+            destination[index &+ 1] = byte
+            index &+= 1
         }
-        base[position] = UInt8(ascii: "\"")
-        count = position &+ 1
+        destination[length &+ 1] = UInt8(ascii: "\"")
+        count &+= length &+ 2
     }
 
     /// The slow path of `appendString`: a string with quotes, backslashes or control characters.
     @usableFromInline
-    mutating func appendEscaped(_ text: String) {
-        var text = text
-        text.withUTF8 { appendEscaped($0) }
-    }
-
     mutating func appendEscaped(_ utf8: UnsafeBufferPointer<UInt8>) {
         appendByte(UInt8(ascii: "\""))
         var runStart = 0

@@ -34,6 +34,7 @@ func bootstrapLogging(_ level: String) -> Logger {
 
 struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "check",
         abstract: "Validate a config, compile its handlers (cached) and list the routes.",
         discussion: "Exits 0 when the gateway would start; otherwise prints the problem (file:line: key: message) and exits non-zero."
     )
@@ -67,6 +68,7 @@ struct Check: AsyncParsableCommand {
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "serve",
         abstract: "Compile handlers (cached), start the backend if the config says how, and serve.",
         discussion: """
             Listens on [server] listen, serves native routes from compiled Swift handlers and \
@@ -216,6 +218,7 @@ struct Serve: AsyncParsableCommand {
 
 struct Reload: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "reload",
         abstract: "Reload a running `apus serve`: config, routes, handlers and certificates, with no failed requests.",
         discussion: """
             Checks the new config and compiles its handlers first; if anything is wrong it says why, exits non-zero             and the running gateway is not touched. Otherwise it signals the gateway (SIGHUP) and waits for it to             swap, printing the outcome.

@@ -5,6 +5,7 @@ import Foundation
 
 struct New: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "new",
         abstract: "Create something new from a template.",
         subcommands: [NewHandler.self]
     )
@@ -163,6 +164,7 @@ struct NewHandlerError: Error, CustomStringConvertible {
 
 struct Build: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "build",
         abstract: "Compile every handler ahead of time into a folder that `apus serve` can use without a toolchain.",
         discussion: """
             Writes the handler libraries, the SDK library they link against and manifest.json to --output. \

@@ -33,6 +33,24 @@ struct JSONWriterTests {
 
     @Test func escapesStrings() {
         #expect(text("q\"b\\n\n\t\u{01}é") == #""q\"b\\n\n\t\u0001é""#)
+        // Clean strings of every length around the small-string boundary, then an escape at the end of each.
+        for length in [0, 1, 7, 8, 15, 16, 17, 40] {
+            let clean = String(repeating: "a", count: length)
+            #expect(text(.string(clean)) == "\"\(clean)\"")
+            #expect(text(.string(clean + "\"")) == "\"\(clean)\\\"\"")
+        }
+    }
+
+    @Test func writesEveryIntegerLikeDescription() {
+        var values: [Int] = [0, 9, 10, 99, 100, 101, 999, 1000, Int.max, Int.min, Int.min + 1]
+        var power = 1
+        for _ in 0..<18 {
+            power *= 10
+            values += [power - 1, power, power + 1, -power, -(power - 1)]
+        }
+        for value in values {
+            #expect(text(.int(value)) == String(value), "\(value)")
+        }
     }
 
     @Test func streamingWriterNestsWithCommas() {
