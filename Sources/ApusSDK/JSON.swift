@@ -244,16 +244,41 @@ public struct JSONWriter: ~Copyable, @unchecked Sendable {
         ("00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899" as StaticString).utf8Start
     }
 
+    /// The number of decimal digits of `value`: estimated from its bit width
+    /// (log10(2) ≈ 1233/4096), then corrected with one comparison.
     @inlinable @inline(__always)
     static func decimalDigits(_ value: UInt) -> Int {
-        var digits = 1
-        var threshold: UInt = 10
-        while digits < 20 && value >= threshold {
-            digits &+= 1
-            if threshold > UInt.max / 10 { break }
-            threshold &*= 10
+        let nonZero = value | 1  // 0 has one digit; setting bit 0 never crosses a power of ten
+        let bits = UInt.bitWidth &- nonZero.leadingZeroBitCount
+        let estimate = (bits &* 1233) >> 12  // the digit count, or one more
+        return estimate &+ 1 &- (nonZero < powerOfTen(estimate) ? 1 : 0)
+    }
+
+    /// 10^exponent for 0...19 (a switch: a jump table, no global to initialise).
+    @inlinable @inline(__always)
+    static func powerOfTen(_ exponent: Int) -> UInt {
+        switch exponent {
+        case 0: return 1
+        case 1: return 10
+        case 2: return 100
+        case 3: return 1_000
+        case 4: return 10_000
+        case 5: return 100_000
+        case 6: return 1_000_000
+        case 7: return 10_000_000
+        case 8: return 100_000_000
+        case 9: return 1_000_000_000
+        case 10: return 10_000_000_000
+        case 11: return 100_000_000_000
+        case 12: return 1_000_000_000_000
+        case 13: return 10_000_000_000_000
+        case 14: return 100_000_000_000_000
+        case 15: return 1_000_000_000_000_000
+        case 16: return 10_000_000_000_000_000
+        case 17: return 100_000_000_000_000_000
+        case 18: return 1_000_000_000_000_000_000
+        default: return 10_000_000_000_000_000_000
         }
-        return digits
     }
 
     /// Appends a double in shortest round-trip form (as Swift's `description` and

@@ -49,7 +49,9 @@ final class GatewayShared: Sendable {
 /// The gateway's per-connection handler: takes each request from the HTTP codec
 /// (HTTP/1.1 here; HTTP/2 streams produce the same parts), routes it, and either
 /// calls the native handler or streams it to the backend. One request at a time:
-/// `HTTPServerPipelineHandler` in front of it holds pipelined requests back.
+/// over HTTP/1.1 the front handler gives it one framed request and holds the
+/// next until this one is answered (and `HTTPServerPipelineHandler` does the same
+/// on connections the front handler has handed to the codec).
 final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -724,7 +726,6 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
     /// Takes the HTTP/1.1 codec and its helpers out of a connection that now carries raw bytes.
     private static func removeHTTPHandlers(_ pipeline: ChannelPipeline.SynchronousOperations) throws {
         if let handler = try? pipeline.handler(type: HTTP1FrontHandler.self) { pipeline.removeHandler(handler, promise: nil) }
-        if let handler = try? pipeline.handler(type: IdleStateHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTPServerPipelineHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTPServerProtocolErrorHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTPResponseEncoder.self) { pipeline.removeHandler(handler, promise: nil) }

@@ -188,24 +188,28 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: outbound
 
     func read(context: ChannelHandlerContext) {
-        // Back-pressure: stop reading while the client does not take our answers,
-        // or while too much of what it sent is waiting.
-        if !context.channel.isWritable || (pending.readableBytes > Self.holdLimit && isWaiting) {
+        if readShouldWait(context) {
             readDeferred = true
         } else {
             context.read()
         }
     }
 
-    /// Whether held bytes are waiting for an answer (rather than for more bytes of the same request).
-    private var isWaiting: Bool {
-        if nativeInFlight { return true }
-        if case .gateway(0) = mode { return true }
-        return false
+    /// Back-pressure for what this handler answers or holds: while it serves, it
+    /// stops reading when the client does not take the answers, or when more than
+    /// `holdLimit` bytes wait behind an answer in progress. Requests with the
+    /// gateway keep the gateway's own back-pressure (which this must not couple:
+    /// a client may stream a body while it ignores a streamed response).
+    private func readShouldWait(_ context: ChannelHandlerContext) -> Bool {
+        switch mode {
+        case .passthrough: return false
+        case .gateway(let remaining): return remaining == 0 && pending.readableBytes > Self.holdLimit
+        case .fast: return !context.channel.isWritable || (nativeInFlight && pending.readableBytes > Self.holdLimit)
+        }
     }
 
     private func resumeReading(_ context: ChannelHandlerContext) {
-        guard readDeferred, context.channel.isWritable, !(pending.readableBytes > Self.holdLimit && isWaiting) else { return }
+        guard readDeferred, !readShouldWait(context) else { return }
         readDeferred = false
         context.read()
     }
@@ -215,6 +219,7 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Frames and serves what is buffered, until a request is incomplete or
     /// another party (an async handler, the gateway) has to answer first.
     private func processPending(_ context: ChannelHandlerContext) {
+        defer { resumeReading(context) }
         while case .fast = mode, !nativeInFlight, !closing, !quiescing, pending.readableBytes > 0 {
             let scan = pending.withUnsafeReadableBytes { bytes in
                 HTTP1RequestHead.scan(bytes, fields: &fields, maxFields: maxHeaderFields)
@@ -240,7 +245,6 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 serveNative(head, call, context)
             }
         }
-        resumeReading(context)
     }
 
     /// Gives the rest of the connection to the codec.
