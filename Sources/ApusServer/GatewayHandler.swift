@@ -112,8 +112,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var state = State.idle
     private var info: RequestInfo?
     private var context: ChannelHandlerContext?
-    private var client = ClientFacts(peerAddress: "", peerIsTrusted: false, scheme: "http")
-    private var clientDescription = ""
+    private let client: ClientFacts
+    private let clientDescription: String
     /// Counts requests, so a late native answer for an abandoned request is recognised.
     private var generation = 0
     private var readingPaused = false
@@ -121,33 +121,23 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// An HTTP/2 WebSocket stream whose backend half-closed has sent END_STREAM already.
     private var tunnelOutputEnded = false
 
-    init(loop: LoopState, shared: GatewayShared, front: HTTP1FrontHandler? = nil) {
+    /// `peer` is the connection's, worked out once per connection (an HTTP/2
+    /// connection's streams all share it).
+    init(loop: LoopState, shared: GatewayShared, peer: PeerFacts, front: HTTP1FrontHandler? = nil) {
         self.loop = loop
         self.shared = shared
         self.front = front
+        self.client = peer.client
+        self.clientDescription = peer.description
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        updateClientFacts(context.channel.remoteAddress)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         abandonRequest()
         self.context = nil
-    }
-
-    private func updateClientFacts(_ address: SocketAddress?) {
-        var peer = ""
-        var trusted = false
-        if let address, let ip = address.ipAddress {
-            peer = ip
-            if let bytes = CIDR.parseAddress(ip) {
-                trusted = shared.trustedProxies.contains { $0.contains(bytes) }
-            }
-        }
-        clientDescription = describeClient(address)
-        client = ClientFacts(peerAddress: peer, peerIsTrusted: trusted, scheme: shared.scheme)
     }
 
     // MARK: inbound
@@ -577,6 +567,26 @@ extension GatewayHandler: ProxyDownstream {
     }
 
     var proxyDownstreamWritable: Bool { context?.channel.isWritable ?? false }
+}
+
+/// What the gateway knows about a connection's peer: the forwarding facts and
+/// the "ip:port" logs show.
+struct PeerFacts: Sendable {
+    let client: ClientFacts
+    let description: String
+
+    init(_ address: SocketAddress?, shared: GatewayShared) {
+        var peer = ""
+        var trusted = false
+        if let address, let ip = address.ipAddress {
+            peer = ip
+            if let bytes = CIDR.parseAddress(ip) {
+                trusted = shared.trustedProxies.contains { $0.contains(bytes) }
+            }
+        }
+        description = describeClient(address)
+        client = ClientFacts(peerAddress: peer, peerIsTrusted: trusted, scheme: shared.scheme)
+    }
 }
 
 /// The small JSON body of gateway-made error responses: `{"error":"…","request_id":"…"}`.

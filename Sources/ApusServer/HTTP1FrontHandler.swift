@@ -58,7 +58,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var lowercaseNames: [UInt8] = []
     private var loweredNames: [Range<Int>] = []
     private var context: ChannelHandlerContext?
-    private var clientDescription = ""
+    /// The peer's "ip:port", as logs show it.
+    private let clientDescription: String
 
     private var nativeInFlight = false
     /// Set while a native handler runs on this stack: its answer is written, but
@@ -76,9 +77,10 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var progressed = false
     private var idleCheck: Scheduled<Void>?
 
-    init(loop: LoopState, shared: GatewayShared, keepAliveTimeout: TimeAmount, maxHeadBytes: Int) {
+    init(loop: LoopState, shared: GatewayShared, client: String, keepAliveTimeout: TimeAmount, maxHeadBytes: Int) {
         self.loop = loop
         self.shared = shared
+        self.clientDescription = client
         self.keepAliveTimeout = keepAliveTimeout
         self.maxHeadBytes = maxHeadBytes
     }
@@ -87,7 +89,6 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        clientDescription = describeClient(context.channel.remoteAddress)
         if context.channel.isActive { scheduleIdleCheck(context, at: .now() + keepAliveTimeout) }
     }
 

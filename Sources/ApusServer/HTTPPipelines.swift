@@ -30,15 +30,17 @@ enum HTTPPipelines {
         _ channel: any Channel, loop: NIOLoopBound<LoopState>, shared: GatewayShared, settings: PipelineSettings
     ) throws {
         let sync = channel.pipeline.syncOperations
+        let peer = PeerFacts(channel.remoteAddress, shared: shared)
         let front = HTTP1FrontHandler(
-            loop: loop.value, shared: shared, keepAliveTimeout: settings.keepAliveTimeout, maxHeadBytes: settings.maxHeadBytes)
+            loop: loop.value, shared: shared, client: peer.description, keepAliveTimeout: settings.keepAliveTimeout,
+            maxHeadBytes: settings.maxHeadBytes)
         try sync.addHandler(front)
         try sync.configureHTTPServerPipeline(
             withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: true,
             withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: settings.decoderLimits)
         try sync.addHandler(ConnectionMetricsHandler(http2: false))
-        try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, front: front))
+        try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer, front: front))
     }
 
     /// HTTP/2: flow control and stream limits from NIOHTTP2 (including its
@@ -66,6 +68,7 @@ enum HTTPPipelines {
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = 1 << 20
         let sync = channel.pipeline.syncOperations
+        let peer = PeerFacts(channel.remoteAddress, shared: shared)
         _ = try sync.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
             streamDelegate: manager.http2StreamDelegate
@@ -74,7 +77,7 @@ enum HTTPPipelines {
                 let sync = streamChannel.pipeline.syncOperations
                 try sync.addHandler(ExtendedConnectHandler())
                 try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared))
+                try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer))
             }
         }
         try sync.addHandler(manager)
