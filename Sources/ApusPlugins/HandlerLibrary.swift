@@ -122,31 +122,40 @@ public final class NativeResponder: Sendable {
     }
 }
 
+/// Lends name/value pairs (headers, path parameters) as a C header array for the
+/// duration of `body`: every string is copied into one arena the array points into.
+public func withCHeaders<Result>(
+    _ pairs: [(name: String, value: String)], _ body: (UnsafeBufferPointer<apus_type_header>) -> Result
+) -> Result {
+    guard !pairs.isEmpty else { return body(UnsafeBufferPointer(start: nil, count: 0)) }
+    var arena: [UInt8] = []
+    var spans: [(name: Range<Int>, value: Range<Int>)] = []
+    spans.reserveCapacity(pairs.count)
+    for (name, value) in pairs {
+        let nameStart = arena.count
+        arena.append(contentsOf: name.utf8)
+        let valueStart = arena.count
+        arena.append(contentsOf: value.utf8)
+        spans.append((nameStart..<valueStart, valueStart..<arena.count))
+    }
+    return arena.withUnsafeBufferPointer { bytes in
+        let base = UnsafeRawPointer(bytes.baseAddress)?.assumingMemoryBound(to: CChar.self)
+        func str(_ range: Range<Int>) -> apus_type_str { apus_type_str(data: base.map { $0 + range.lowerBound }, length: range.count) }
+        let headers = spans.map { apus_type_header(name: str($0.name), value: str($0.value)) }
+        return headers.withUnsafeBufferPointer(body)
+    }
+}
+
 extension NativeResponse {
     /// Lends this response in its C form for the duration of `body`.
     fileprivate func withCResponse<Result>(_ body: (UnsafePointer<apus_type_response>) -> Result) -> Result {
-        // Every string goes into one arena so that the header array can point into it.
-        var arena: [UInt8] = []
-        var spans: [(name: Range<Int>, value: Range<Int>)] = []
-        for (name, value) in headers {
-            let nameStart = arena.count
-            arena.append(contentsOf: name.utf8)
-            let valueStart = arena.count
-            arena.append(contentsOf: value.utf8)
-            spans.append((nameStart..<valueStart, valueStart..<arena.count))
-        }
-        return arena.withUnsafeBufferPointer { arenaBytes in
-            let base = UnsafeRawPointer(arenaBytes.baseAddress)?.assumingMemoryBound(to: CChar.self)
-            func str(_ range: Range<Int>) -> apus_type_str { apus_type_str(data: base.map { $0 + range.lowerBound }, length: range.count) }
-            let cHeaders = spans.map { apus_type_header(name: str($0.name), value: str($0.value)) }
-            return cHeaders.withUnsafeBufferPointer { headerBuffer in
-                self.body.withUnsafeBufferPointer { bodyBuffer in
-                    var response = apus_type_response(
-                        struct_size: UInt32(MemoryLayout<apus_type_response>.size), status: UInt16(clamping: status),
-                        headers: headerBuffer.baseAddress, header_count: headerBuffer.count,
-                        body: bodyBuffer.baseAddress, body_length: bodyBuffer.count)
-                    return body(&response)
-                }
+        withCHeaders(headers) { headerBuffer in
+            self.body.withUnsafeBufferPointer { bodyBuffer in
+                var response = apus_type_response(
+                    struct_size: UInt32(MemoryLayout<apus_type_response>.size), status: UInt16(clamping: status),
+                    headers: headerBuffer.baseAddress, header_count: headerBuffer.count,
+                    body: bodyBuffer.baseAddress, body_length: bodyBuffer.count)
+                return body(&response)
             }
         }
     }

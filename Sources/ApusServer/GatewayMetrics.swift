@@ -30,8 +30,8 @@ final class RequestMetrics {
     private var sent: [String: Counter] = [:]
     /// The last label sets used: a run of requests to one route skips hashing
     /// (comparing strings that share storage is a pointer compare).
-    private var lastCounter: (key: CounterKey, counter: Counter)?
-    private var lastTimer: (key: TimerKey, timer: Timer)?
+    private var lastCounter: (key: CounterKey, metric: Counter)?
+    private var lastTimer: (key: TimerKey, metric: Timer)?
 
     /// Requests being served now, across loops.
     static let inFlight = Meter(label: "apus_inflight_requests")
@@ -51,37 +51,14 @@ final class RequestMetrics {
     ) {
         let methodLabel = Self.methodLabel(method)
         let counterKey = CounterKey(route: route, method: methodLabel, statusClass: status / 100, kind: kind)
-        let counter: Counter
-        if let last = lastCounter, last.key == counterKey {
-            counter = last.counter
-        } else {
-            counter =
-                counters[counterKey]
-                ?? {
-                    let made = Counter(
-                        label: "apus_requests_total",
-                        dimensions: [("route", route), ("method", methodLabel), ("status", "\(status / 100)xx"), ("kind", kind)])
-                    counters[counterKey] = made
-                    return made
-                }()
-            lastCounter = (counterKey, counter)
-        }
-        counter.increment()
-        let timerKey = TimerKey(route: route, kind: kind)
-        let timer: Timer
-        if let last = lastTimer, last.key == timerKey {
-            timer = last.timer
-        } else {
-            timer =
-                timers[timerKey]
-                ?? {
-                    let made = Timer(label: "apus_request_duration_seconds", dimensions: [("route", route), ("kind", kind)])
-                    timers[timerKey] = made
-                    return made
-                }()
-            lastTimer = (timerKey, timer)
-        }
-        timer.recordNanoseconds(nanoseconds)
+        Self.cached(counterKey, last: &lastCounter, in: &counters) {
+            Counter(
+                label: "apus_requests_total",
+                dimensions: [("route", route), ("method", methodLabel), ("status", "\(status / 100)xx"), ("kind", kind)])
+        }.increment()
+        Self.cached(TimerKey(route: route, kind: kind), last: &lastTimer, in: &timers) {
+            Timer(label: "apus_request_duration_seconds", dimensions: [("route", route), ("kind", kind)])
+        }.recordNanoseconds(nanoseconds)
         if let upstreamNanoseconds {
             let upstream =
                 upstreamTimers[route]
@@ -94,6 +71,23 @@ final class RequestMetrics {
         }
         if bytesIn > 0 { bytes(&received, "apus_received_bytes_total", kind).increment(by: bytesIn) }
         if bytesOut > 0 { bytes(&sent, "apus_sent_bytes_total", kind).increment(by: bytesOut) }
+    }
+
+    /// The metric object for `key`: the last one used if it is the same, else
+    /// the cache's, else a new one.
+    private static func cached<Key: Hashable, Metric>(
+        _ key: Key, last: inout (key: Key, metric: Metric)?, in cache: inout [Key: Metric], make: () -> Metric
+    ) -> Metric {
+        if let last, last.key == key { return last.metric }
+        let metric: Metric
+        if let found = cache[key] {
+            metric = found
+        } else {
+            metric = make()
+            cache[key] = metric
+        }
+        last = (key, metric)
+        return metric
     }
 
     private func bytes(_ cache: inout [String: Counter], _ label: String, _ kind: String) -> Counter {

@@ -394,7 +394,7 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             let query = call.queryStart.map { head.target.lowerBound + $0 + 1..<head.target.upperBound } ?? 0..<0
             let body = head.length..<length
-            withParameters(call.parameters) { parameters in
+            withCHeaders(call.parameters) { parameters in
                 withStrings(call.path, requestID, remote) { path, requestID, remote in
                     cHeaders.withUnsafeBufferPointer { headers in
                         var request = apus_type_request(
@@ -524,28 +524,6 @@ private func isCanonical(_ path: String) -> Bool {
 func describeClient(_ address: SocketAddress?) -> String {
     guard let address, let ip = address.ipAddress else { return "" }
     return address.port.map { "\(ip):\($0)" } ?? ip
-}
-
-/// Lends path parameters in C form for the duration of `body`.
-private func withParameters<Result>(
-    _ parameters: [(name: String, value: String)], _ body: (UnsafeBufferPointer<apus_type_header>) -> Result
-) -> Result {
-    guard !parameters.isEmpty else { return body(UnsafeBufferPointer(start: nil, count: 0)) }
-    var arena: [UInt8] = []
-    var spans: [(Range<Int>, Range<Int>)] = []
-    for (name, value) in parameters {
-        let nameStart = arena.count
-        arena.append(contentsOf: name.utf8)
-        let valueStart = arena.count
-        arena.append(contentsOf: value.utf8)
-        spans.append((nameStart..<valueStart, valueStart..<arena.count))
-    }
-    return arena.withUnsafeBufferPointer { bytes in
-        let base = UnsafeRawPointer(bytes.baseAddress)?.assumingMemoryBound(to: CChar.self)
-        func str(_ range: Range<Int>) -> apus_type_str { apus_type_str(data: base.map { $0 + range.lowerBound }, length: range.count) }
-        let headers = spans.map { apus_type_header(name: str($0.0), value: str($0.1)) }
-        return headers.withUnsafeBufferPointer(body)
-    }
 }
 
 /// Lends three strings as `apus_type_str` for the duration of `body`.
