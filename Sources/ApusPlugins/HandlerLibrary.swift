@@ -262,9 +262,6 @@ public final class HandlerLibrary: Sendable {
         let remote = add(request.remoteAddress)
         let headerSpans = request.headers.map { (add($0.name), add($0.value)) }
         let parameterSpans = request.parameters.map { (add($0.name), add($0.value)) }
-        let onRequest = module.pointer.pointee.on_request!
-        let moduleContext = module.pointer.pointee.context
-        let opaqueResponder = OpaquePointer(Unmanaged.passRetained(responder).toOpaque())
 
         arena.withUnsafeBufferPointer { bytes in
             let base = UnsafeRawPointer(bytes.baseAddress)?.assumingMemoryBound(to: CChar.self)
@@ -283,7 +280,7 @@ public final class HandlerLibrary: Sendable {
                         params: parameterBuffer.baseAddress, param_count: parameterBuffer.count,
                         body: body.baseAddress?.assumingMemoryBound(to: UInt8.self), body_length: body.count
                     )
-                    onRequest(moduleContext, &cRequest, opaqueResponder)
+                    invoke(borrowing: &cRequest, responder: responder)
                 }
             }
         }

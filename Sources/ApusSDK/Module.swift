@@ -98,8 +98,9 @@ private final class HandlerBox: @unchecked Sendable {
     }
 
     /// Hands the response to the host. Header strings are copied into one arena
-    /// and the C header array points into it; both live on the stack for the call
-    /// (a response's headers are a few hundred bytes), so answering allocates nothing.
+    /// and the C header array points into it; both are temporary allocations,
+    /// on the stack when small (a response's headers usually are), so answering
+    /// usually allocates nothing.
     private func respond(_ responder: Responder, _ response: Response) {
         let fields = response.headers.fields
         var byteCount = 0
