@@ -414,7 +414,9 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             shared.logger.error("native handler returned status \(status); answering 500")
             status = 500
         }
-        headers.add(name: "content-length", value: String(body.count))
+        // 204 and 304 carry no body (and over HTTP/2 a DATA frame on them is a protocol error).
+        let mayHaveBody = HTTPResponseStatus(statusCode: status).mayHaveResponseBody
+        if mayHaveBody { headers.add(name: "content-length", value: String(body.count)) }
         headers.add(name: "date", value: loop.dateHeader())
         headers.add(name: "x-request-id", value: info.requestID)
         if !info.keepAlive { headers.add(name: "connection", value: "close") }
@@ -422,7 +424,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         info.status = status
         let head = HTTPResponseHead(version: info.version, status: HTTPResponseStatus(statusCode: status), headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if info.method != .HEAD && !body.isEmpty {
+        if info.method != .HEAD && mayHaveBody && !body.isEmpty {
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
             info.bytesOut = body.count
         }

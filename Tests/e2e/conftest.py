@@ -201,6 +201,10 @@ handler = "sleepy"
 [[route]]
 match = "GET /later"
 handler = "later"
+
+[[route]]
+match = "GET /shaped"
+handler = "shaped"
 """
 
 

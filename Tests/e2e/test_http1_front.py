@@ -3,6 +3,7 @@ received bytes, everything else handed to the full codec, on one connection,
 in order. Raw sockets, so each test controls exactly which bytes arrive when."""
 
 import json
+import subprocess
 import socket
 import time
 
@@ -189,3 +190,40 @@ def test_keepalive_timeout_closes_quiet_and_dribbling_connections_but_not_busy_o
         assert read_until_closed(dribbling) == b""
         busy.sendall(b"GET /echo/b/x HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(busy, busy_buffer)[0] == 200
+
+
+def h1(gateway, target: str) -> tuple[int, dict, bytes]:
+    with connect(gateway) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return read_response(sock, bytearray())
+
+
+def h2(gateway, target: str) -> tuple[int, dict, bytes]:
+    out = subprocess.run(["curl", "-s", "-i", "--http2-prior-knowledge", f"{gateway.url}{target}"],
+                         capture_output=True, timeout=30, check=True).stdout
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def test_a_handler_cannot_send_broken_headers_or_framing_over_either_protocol(gateway):
+    # HTTP/1.1 goes through the front handler, HTTP/2 through the codec path: both must agree.
+    for fetch in (h1, h2):
+        for kind in ["crlf", "name", "status"]:
+            status, headers, body = fetch(gateway, f"/shaped?kind={kind}")
+            assert status == 500, (fetch.__name__, kind, status, body)
+            assert "x-injected" not in headers and b"smuggled" not in body
+        assert "native handler returned" in gateway.log()
+
+        status, headers, body = fetch(gateway, "/shaped?kind=framing")
+        assert status == 200 and body == b"framed by the gateway", (fetch.__name__, body)
+        assert headers["content-length"] == str(len(body))
+        assert headers["x-custom"] == "kept" and headers["date"] != "yesterday"
+        assert "transfer-encoding" not in headers and "keep-alive" not in headers and "connection" not in headers
+
+        status, headers, body = fetch(gateway, "/shaped?kind=nocontent")
+        assert status == 204 and body == b"" and "content-length" not in headers, (fetch.__name__, headers)
