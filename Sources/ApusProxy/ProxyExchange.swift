@@ -243,11 +243,8 @@ public final class ProxyExchange: UpstreamDelegate {
     /// exchange if the backend has not answered in time, or if the stream stalled.
     func checkDeadlines(_ now: NIODeadline) {
         switch state {
-        case .finished:
-            pool.untrack(self)
-            return
-        case .connecting:
-            return  // the connect timeout is the bootstrap's
+        case .finished, .connecting:
+            return  // finished exchanges untrack themselves; the connect timeout is the bootstrap's
         case .awaitingResponse:
             if let responseDeadline, now >= responseDeadline {
                 UpstreamMetrics.responseTimeouts.increment()

@@ -153,6 +153,7 @@ private final class RouteNode: @unchecked Sendable {
     }
 }
 
+/// Two routes that would answer the same requests.
 public struct RouteConflictError: Error, CustomStringConvertible, Sendable {
     public let first: RoutePattern
     public let second: RoutePattern

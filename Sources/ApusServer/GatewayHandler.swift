@@ -395,7 +395,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var status = response.status
         var body = response.body
         for (name, value) in response.headers {
-            guard isValidHeaderName(name), isValidHeaderValue(value) else {
+            guard HeaderRules.isValidName(name.utf8), HeaderRules.isValidValue(value.utf8) else {
                 shared.logger.error(
                     "native handler returned an invalid header; answering 500",
                     metadata: ["handler.name": "\(library(of: state)?.name ?? "?")", "header": "\(name)"])
@@ -405,10 +405,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 headers.add(name: "content-type", value: "application/json")
                 break
             }
-            switch name.lowercased() {
-            case "content-length", "transfer-encoding", "connection", "keep-alive", "date": continue
-            default: headers.add(name: name, value: value)
-            }
+            if !HeaderRules.isGatewayOwned(name.utf8) { headers.add(name: name, value: value) }
         }
         if !(200...599).contains(status) {
             shared.logger.error("native handler returned status \(status); answering 500")
@@ -572,7 +569,7 @@ extension GatewayHandler: ProxyDownstream {
 }
 
 /// What the gateway knows about a connection's peer: the forwarding facts and
-/// the "ip:port" logs show.
+/// the "ip:port" logs show (empty when unknown).
 struct PeerFacts: Sendable {
     let client: ClientFacts
     let description: String
@@ -580,13 +577,15 @@ struct PeerFacts: Sendable {
     init(_ address: SocketAddress?, shared: GatewayShared) {
         var peer = ""
         var trusted = false
+        var description = ""
         if let address, let ip = address.ipAddress {
             peer = ip
+            description = address.port.map { "\(ip):\($0)" } ?? ip
             if let bytes = CIDR.parseAddress(ip) {
                 trusted = shared.trustedProxies.contains { $0.contains(bytes) }
             }
         }
-        description = describeClient(address)
+        self.description = description
         client = ClientFacts(peerAddress: peer, peerIsTrusted: trusted, scheme: shared.scheme)
     }
 }
@@ -606,22 +605,6 @@ private struct JSONErrorBody {
         text += "\",\"request_id\":\"\(requestID)\"}"
         return ByteBuffer(string: text)
     }
-}
-
-private func isValidHeaderName(_ name: String) -> Bool {
-    !name.isEmpty
-        && name.utf8.allSatisfy { byte in
-            switch byte {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-                return true
-            default:
-                return "!#$%&'*+-.^_`|~".utf8.contains(byte)
-            }
-        }
-}
-
-private func isValidHeaderValue(_ value: String) -> Bool {
-    !value.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0x00 }
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is well formed.

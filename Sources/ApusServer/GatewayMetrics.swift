@@ -23,15 +23,11 @@ final class RequestMetrics {
         let kind: String
     }
 
-    private var counters: [CounterKey: Counter] = [:]
-    private var timers: [TimerKey: Timer] = [:]
-    private var upstreamTimers: [String: Timer] = [:]
-    private var received: [String: Counter] = [:]
-    private var sent: [String: Counter] = [:]
-    /// The last label sets used: a run of requests to one route skips hashing
-    /// (comparing strings that share storage is a pointer compare).
-    private var lastCounter: (key: CounterKey, metric: Counter)?
-    private var lastTimer: (key: TimerKey, metric: Timer)?
+    private var counters = MetricCache<CounterKey, Counter>()
+    private var timers = MetricCache<TimerKey, Timer>()
+    private var upstreamTimers = MetricCache<String, Timer>()
+    private var received = MetricCache<String, Counter>()
+    private var sent = MetricCache<String, Counter>()
 
     /// Requests being served now, across loops.
     static let inFlight = Meter(label: "apus_inflight_requests")
@@ -50,51 +46,47 @@ final class RequestMetrics {
         bytesIn: Int, bytesOut: Int
     ) {
         let methodLabel = Self.methodLabel(method)
-        let counterKey = CounterKey(route: route, method: methodLabel, statusClass: status / 100, kind: kind)
-        Self.cached(counterKey, last: &lastCounter, in: &counters) {
+        counters.metric(for: CounterKey(route: route, method: methodLabel, statusClass: status / 100, kind: kind)) {
             Counter(
                 label: "apus_requests_total",
                 dimensions: [("route", route), ("method", methodLabel), ("status", "\(status / 100)xx"), ("kind", kind)])
         }.increment()
-        Self.cached(TimerKey(route: route, kind: kind), last: &lastTimer, in: &timers) {
+        timers.metric(for: TimerKey(route: route, kind: kind)) {
             Timer(label: "apus_request_duration_seconds", dimensions: [("route", route), ("kind", kind)])
         }.recordNanoseconds(nanoseconds)
         if let upstreamNanoseconds {
-            let upstream =
-                upstreamTimers[route]
-                ?? {
-                    let made = Timer(label: "apus_upstream_duration_seconds", dimensions: [("route", route)])
-                    upstreamTimers[route] = made
-                    return made
-                }()
-            upstream.recordNanoseconds(upstreamNanoseconds)
+            upstreamTimers.metric(for: route) {
+                Timer(label: "apus_upstream_duration_seconds", dimensions: [("route", route)])
+            }.recordNanoseconds(upstreamNanoseconds)
         }
-        if bytesIn > 0 { bytes(&received, "apus_received_bytes_total", kind).increment(by: bytesIn) }
-        if bytesOut > 0 { bytes(&sent, "apus_sent_bytes_total", kind).increment(by: bytesOut) }
+        if bytesIn > 0 {
+            received.metric(for: kind) { Counter(label: "apus_received_bytes_total", dimensions: [("kind", kind)]) }
+                .increment(by: bytesIn)
+        }
+        if bytesOut > 0 {
+            sent.metric(for: kind) { Counter(label: "apus_sent_bytes_total", dimensions: [("kind", kind)]) }.increment(by: bytesOut)
+        }
     }
+}
 
-    /// The metric object for `key`: the last one used if it is the same, else
-    /// the cache's, else a new one.
-    private static func cached<Key: Hashable, Metric>(
-        _ key: Key, last: inout (key: Key, metric: Metric)?, in cache: inout [Key: Metric], make: () -> Metric
-    ) -> Metric {
+/// Metric objects by label set, made on first use. The last one used is kept
+/// beside the dictionary: a run of requests to one route skips hashing
+/// (comparing strings that share storage is a pointer compare).
+private struct MetricCache<Key: Hashable, Metric> {
+    private var byKey: [Key: Metric] = [:]
+    private var last: (key: Key, metric: Metric)?
+
+    mutating func metric(for key: Key, make: () -> Metric) -> Metric {
         if let last, last.key == key { return last.metric }
         let metric: Metric
-        if let found = cache[key] {
+        if let found = byKey[key] {
             metric = found
         } else {
             metric = make()
-            cache[key] = metric
+            byKey[key] = metric
         }
         last = (key, metric)
         return metric
-    }
-
-    private func bytes(_ cache: inout [String: Counter], _ label: String, _ kind: String) -> Counter {
-        if let counter = cache[kind] { return counter }
-        let made = Counter(label: label, dimensions: [("kind", kind)])
-        cache[kind] = made
-        return made
     }
 }
 

@@ -351,12 +351,13 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let allocator = context.channel.allocator
         let logger = shared.logger
         let responder = NativeResponder(handlerName: call.route.library.name, logger: logger) { response in
-            var out = allocator.buffer(capacity: 0)
-            let written = encoder.encode(response.pointee, into: &out, logger: logger)
+            var bytes = allocator.buffer(capacity: 0)
+            let written = encoder.encode(response.pointee, into: &bytes, logger: logger)
+            let encoded = bytes
             if eventLoop.inEventLoop {
-                bound.value.nativeFinished(out, written, record, generation: generation)
+                bound.value.nativeFinished(encoded, written, record, generation: generation)
             } else {
-                eventLoop.execute { bound.value.nativeFinished(out, written, record, generation: generation) }
+                eventLoop.execute { bound.value.nativeFinished(encoded, written, record, generation: generation) }
             }
         }
 
@@ -518,12 +519,6 @@ private func isCanonical(_ path: String) -> Bool {
         previous = byte
     }
     return !(segmentStart && dots > 0 && dots <= 2)
-}
-
-/// "ip:port" of a connection's peer, as logs show it; empty when unknown.
-func describeClient(_ address: SocketAddress?) -> String {
-    guard let address, let ip = address.ipAddress else { return "" }
-    return address.port.map { "\(ip):\($0)" } ?? ip
 }
 
 /// Lends three strings as `apus_type_str` for the duration of `body`.

@@ -85,7 +85,7 @@ struct HTTP1RequestHead {
             guard fields.count < maxFields else { return .unframeable }
             // Name: one or more token characters, then the colon (no space before it; no obs-fold).
             let nameStart = index
-            while index < end, isToken(bytes[index]) { index += 1 }
+            while index < end, HeaderRules.isTokenByte(bytes[index]) { index += 1 }
             guard index < end else { return .incomplete }
             guard index > nameStart, bytes[index] == colon else { return .unframeable }
             let name = nameStart..<index
@@ -115,11 +115,11 @@ struct HTTP1RequestHead {
                 return .unframeable
             case .connection:
                 for token in tokens(bytes, value) {
-                    if equalsLowercase(bytes, token, "close") {
+                    if HeaderRules.equalsLowercase(bytes[token], "close") {
                         connectionClose = true
-                    } else if equalsLowercase(bytes, token, "keep-alive") {
+                    } else if HeaderRules.equalsLowercase(bytes[token], "keep-alive") {
                         connectionKeepAlive = true
-                    } else if equalsLowercase(bytes, token, "upgrade") {
+                    } else if HeaderRules.equalsLowercase(bytes[token], "upgrade") {
                         return .unframeable
                     }
                 }
@@ -150,15 +150,6 @@ struct HTTP1RequestHead {
 
     private static func isUpper(_ byte: UInt8) -> Bool { byte >= 0x41 && byte <= 0x5A }
 
-    /// RFC 9110 `tchar`.
-    private static func isToken(_ byte: UInt8) -> Bool {
-        switch byte {
-        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
-        case 0x21, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E, 0x5F, 0x60, 0x7C, 0x7E: return true
-        default: return false
-        }
-    }
-
     private enum KnownHeader {
         case contentLength, transferEncoding, upgrade, connection, expect, requestID, other
     }
@@ -166,26 +157,14 @@ struct HTTP1RequestHead {
     /// The headers that decide framing or handling, found by length first so most names cost one compare.
     private static func classify(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>) -> KnownHeader {
         switch name.count {
-        case 14: return equalsLowercase(bytes, name, "content-length") ? .contentLength : .other
-        case 17: return equalsLowercase(bytes, name, "transfer-encoding") ? .transferEncoding : .other
-        case 7: return equalsLowercase(bytes, name, "upgrade") ? .upgrade : .other
-        case 10: return equalsLowercase(bytes, name, "connection") ? .connection : .other
-        case 6: return equalsLowercase(bytes, name, "expect") ? .expect : .other
-        case 12: return equalsLowercase(bytes, name, "x-request-id") ? .requestID : .other
+        case 14: return HeaderRules.equalsLowercase(bytes[name], "content-length") ? .contentLength : .other
+        case 17: return HeaderRules.equalsLowercase(bytes[name], "transfer-encoding") ? .transferEncoding : .other
+        case 7: return HeaderRules.equalsLowercase(bytes[name], "upgrade") ? .upgrade : .other
+        case 10: return HeaderRules.equalsLowercase(bytes[name], "connection") ? .connection : .other
+        case 6: return HeaderRules.equalsLowercase(bytes[name], "expect") ? .expect : .other
+        case 12: return HeaderRules.equalsLowercase(bytes[name], "x-request-id") ? .requestID : .other
         default: return .other
         }
-    }
-
-    /// Whether the bytes in `range` equal the lower-case ASCII `word`, ignoring case.
-    static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ word: StaticString) -> Bool {
-        guard range.count == word.utf8CodeUnitCount else { return false }
-        let expected = word.utf8Start
-        for offset in 0..<range.count {
-            var byte = bytes[range.lowerBound + offset]
-            if byte >= 0x41 && byte <= 0x5A { byte |= 0x20 }
-            if byte != expected[offset] { return false }
-        }
-        return true
     }
 
     /// A `Content-Length` value: 1–15 digits and nothing else.

@@ -27,7 +27,7 @@ struct NativeHTTP1Response: Sendable {
 
     func encode(_ response: apus_type_response, into out: inout ByteBuffer, logger: Logger) -> Written {
         let headers = UnsafeBufferPointer(start: response.headers, count: response.headers == nil ? 0 : response.header_count)
-        for header in headers where !Self.isValidName(header.name) || !Self.isValidValue(header.value) {
+        for header in headers where !HeaderRules.isValidName(Self.bytes(header.name)) || !HeaderRules.isValidValue(Self.bytes(header.value)) {
             logger.error(
                 "native handler returned an invalid header; answering 500",
                 metadata: ["handler.name": "\(handlerName)", "header": "\(Self.text(header.name))"])
@@ -41,7 +41,7 @@ struct NativeHTTP1Response: Sendable {
         let body = UnsafeRawBufferPointer(start: response.body, count: response.body == nil ? 0 : response.body_length)
         out.reserveCapacity(minimumWritableBytes: 256 + body.count)
         writeStatusLine(status, into: &out)
-        for header in headers where !Self.isGatewayOwned(header.name) {
+        for header in headers where !HeaderRules.isGatewayOwned(Self.bytes(header.name)) {
             Self.write(header.name, into: &out)
             out.writeStaticString(": ")
             Self.write(header.value, into: &out)
@@ -106,37 +106,4 @@ struct NativeHTTP1Response: Sendable {
         String(decoding: bytes(value), as: UTF8.self)
     }
 
-    /// An RFC 9110 token.
-    static func isValidName(_ name: apus_type_str) -> Bool {
-        let name = bytes(name)
-        return !name.isEmpty && name.allSatisfy(isTokenByte)
-    }
-
-    /// No CR, LF or NUL: nothing that could end the line or the head early.
-    static func isValidValue(_ value: apus_type_str) -> Bool {
-        !bytes(value).contains { $0 == 0x0D || $0 == 0x0A || $0 == 0x00 }
-    }
-
-    private static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
-        case 0x21, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E, 0x5F, 0x60, 0x7C, 0x7E: return true
-        default: return false
-        }
-    }
-
-    /// Framing and connection headers the gateway writes itself.
-    private static func isGatewayOwned(_ name: apus_type_str) -> Bool {
-        let name = bytes(name)
-        let range = 0..<name.count
-        switch name.count {
-        case 4: return HTTP1RequestHead.equalsLowercase(name, range, "date")
-        case 10:
-            return HTTP1RequestHead.equalsLowercase(name, range, "connection")
-                || HTTP1RequestHead.equalsLowercase(name, range, "keep-alive")
-        case 14: return HTTP1RequestHead.equalsLowercase(name, range, "content-length")
-        case 17: return HTTP1RequestHead.equalsLowercase(name, range, "transfer-encoding")
-        default: return false
-        }
-    }
 }
