@@ -29,6 +29,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import callgrind
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
 VENV = ROOT / ".venv" / "bin"
@@ -131,6 +133,39 @@ match = "GET /orderbook/{{symbol}}"
 handler = "orderbook"
 """
 
+    def nginx_config(self, port: int, tls_port, name: str, single_process: bool = False) -> str:
+        """nginx as a user would configure it in front of the same backend; `single_process` for valgrind."""
+        work = self.work
+        tls_listen = f"""listen 127.0.0.1:{tls_port} ssl http2;
+        ssl_certificate {work}/cert.pem;
+        ssl_certificate_key {work}/key.pem;""" if tls_port else ""
+        return f"""
+worker_processes 1;
+{"master_process off;" if single_process else ""}
+daemon off;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    upstream backend {{ server unix:{self.sock}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port};
+        {tls_listen}
+        location = /fixed {{ default_type application/json; return 200 '{FIXED_JSON}'; }}
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
     def measure_start(self, apus: Path, runs: int) -> list:
         """Start to first 200 with a warm handler cache, on its own port while everything else is idle."""
         port = free_port()
@@ -171,33 +206,7 @@ handler = "orderbook"
         subprocess.run([apus, "check", "--config", self.config], check=True, capture_output=True)  # warm the handler cache
         self.apus = self.start(["taskset", "-c", "0", apus, "serve", "--config", self.config], cwd=work)
         wait_http(f"http://127.0.0.1:{self.apus_port}/fixed", timeout=30)
-        (work / "nginx.conf").write_text(f"""
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    upstream backend {{ server unix:{self.sock}; keepalive 256; }}
-    server {{
-        listen 127.0.0.1:{self.nginx_port};
-        listen 127.0.0.1:{self.nginx_tls} ssl http2;
-        ssl_certificate {work}/cert.pem;
-        ssl_certificate_key {work}/key.pem;
-        location = /fixed {{ default_type application/json; return 200 '{FIXED_JSON}'; }}
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_buffering off;
-        }}
-    }}
-}}
-""")
+        (work / "nginx.conf").write_text(self.nginx_config(self.nginx_port, self.nginx_tls, "nginx"))
         self.nginx = self.start(["taskset", "-c", "0", "nginx", "-c", work / "nginx.conf", "-p", work], cwd=work)
         wait_http(f"http://127.0.0.1:{self.nginx_port}/fixed")
         wait_http(f"http://127.0.0.1:{self.apus_port}/hello/warm")
@@ -282,13 +291,15 @@ def main():
     parser.add_argument("--duration", type=float, default=6)
     parser.add_argument("--apus", help="the apus binary (default: .build/release/apus, built if missing)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--callgrind-requests", type=int, default=2000, help="requests counted per scenario under callgrind")
+    parser.add_argument("--only-callgrind", action="store_true", help="skip the timed scenarios; count instructions only")
     args = parser.parse_args()
     if args.smoke:
-        args.rounds, args.duration = 1, 1
+        args.rounds, args.duration, args.callgrind_requests = 1, 1, 100
     apus = Path(args.apus).resolve() if args.apus else ROOT / ".build" / "release" / "apus"
     if not apus.exists():
         subprocess.run(["swift", "build", "-c", "release", "--product", "apus"], cwd=ROOT, check=True)
-    for tool in ["nginx", "wrk", "h2load", "taskset", "openssl"]:
+    for tool in ["nginx", "wrk", "h2load", "taskset", "openssl", "valgrind", "callgrind_control", "cc", "objcopy"]:
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} not found; run bench/setup.sh")
 
@@ -297,59 +308,75 @@ def main():
     stack = Stack(work, apus)
     results = []
     try:
-        apus_pids = [stack.apus.pid]
-        nginx_pids = family(stack.nginx.pid)
-        backend_pids = family(stack.backend.pid)
-        nginx_pids = family(stack.nginx.pid)
-        # Correctness first: identical bodies, or the comparison is meaningless.
-        fixed_apus = urllib.request.urlopen(f"http://127.0.0.1:{stack.apus_port}/fixed").read()
-        fixed_nginx = urllib.request.urlopen(f"http://127.0.0.1:{stack.nginx_port}/fixed").read()
-        native_book = urllib.request.urlopen(f"http://127.0.0.1:{stack.apus_port}/orderbook/ACME?n=200").read()
-        json_book = urllib.request.urlopen(f"http://127.0.0.1:{stack.nginx_port}/py/orderbook/ACME?n=200").read()
-        orjson_book = urllib.request.urlopen(f"http://127.0.0.1:{stack.nginx_port}/py/orderbook-orjson/ACME?n=200").read()
-        identical = fixed_apus == fixed_nginx and native_book == json_book == orjson_book
-        print(f"bodies identical: fixed {fixed_apus == fixed_nginx} ({len(fixed_apus)} B), "
-              f"order book {native_book == json_book == orjson_book} ({len(native_book)} B)", flush=True)
+        if not args.only_callgrind:
+            apus_pids = [stack.apus.pid]
+            nginx_pids = family(stack.nginx.pid)
+            backend_pids = family(stack.backend.pid)
+            # Correctness first: identical bodies, or the comparison is meaningless.
+            fixed_apus = urllib.request.urlopen(f"http://127.0.0.1:{stack.apus_port}/fixed").read()
+            fixed_nginx = urllib.request.urlopen(f"http://127.0.0.1:{stack.nginx_port}/fixed").read()
+            native_book = urllib.request.urlopen(f"http://127.0.0.1:{stack.apus_port}/orderbook/ACME?n=200").read()
+            json_book = urllib.request.urlopen(f"http://127.0.0.1:{stack.nginx_port}/py/orderbook/ACME?n=200").read()
+            orjson_book = urllib.request.urlopen(f"http://127.0.0.1:{stack.nginx_port}/py/orderbook-orjson/ACME?n=200").read()
+            identical = fixed_apus == fixed_nginx and native_book == json_book == orjson_book
+            print(f"bodies identical: fixed {fixed_apus == fixed_nginx} ({len(fixed_apus)} B), "
+                  f"order book {native_book == json_book == orjson_book} ({len(native_book)} B)", flush=True)
 
-        a, n = f"http://127.0.0.1:{stack.apus_port}", f"http://127.0.0.1:{stack.nginx_port}"
-        at, nt = f"https://127.0.0.1:{stack.apus_tls}", f"https://127.0.0.1:{stack.nginx_tls}"
-        h2_requests = 2000 if args.smoke else 60000
-        scenarios = [
-            ("native 2 KiB JSON, HTTP/1.1", lambda: wrk(f"{a}/fixed", args.duration, 32), lambda: wrk(f"{n}/fixed", args.duration, 32), False),
-            ("proxied to uvicorn (UDS), HTTP/1.1", lambda: wrk(f"{a}/hello/bench", args.duration, 32),
-             lambda: wrk(f"{n}/hello/bench", args.duration, 32), True),
-            ("native 2 KiB JSON, TLS + HTTP/2 (h2load)", lambda: h2load(f"{at}/fixed", h2_requests), lambda: h2load(f"{nt}/fixed", h2_requests), False),
-            ("proxied, TLS + HTTP/2 (h2load)", lambda: h2load(f"{at}/hello/bench", h2_requests // 10),
-             lambda: h2load(f"{nt}/hello/bench", h2_requests // 10), True),
-            ("hot path: Apus native vs Python json.dumps behind nginx", lambda: wrk(f"{a}/orderbook/ACME?n=200", args.duration, 16),
-             lambda: wrk(f"{n}/py/orderbook/ACME?n=200", args.duration, 16), True),
-            ("hot path: Apus native vs Python orjson behind nginx", lambda: wrk(f"{a}/orderbook/ACME?n=200", args.duration, 16),
-             lambda: wrk(f"{n}/py/orderbook-orjson/ACME?n=200", args.duration, 16), True),
-        ]
-        for name, run_apus, run_nginx, proxied in scenarios:
-            run_apus(), run_nginx()  # warm-up
-            apus_rounds, nginx_rounds = [], []
-            for _ in range(args.rounds):
-                apus_rounds.append(measure(apus_pids, backend_pids, run_apus))
-                nginx_rounds.append(measure(nginx_pids, backend_pids, run_nginx))
-            results.append({"scenario": name, "apus": median_of(apus_rounds), "nginx": median_of(nginx_rounds), "proxied": proxied})
-            print(f"done: {name}", flush=True)
+            a, n = f"http://127.0.0.1:{stack.apus_port}", f"http://127.0.0.1:{stack.nginx_port}"
+            at, nt = f"https://127.0.0.1:{stack.apus_tls}", f"https://127.0.0.1:{stack.nginx_tls}"
+            h2_requests = 2000 if args.smoke else 60000
+            scenarios = [
+                ("native 2 KiB JSON, HTTP/1.1", lambda: wrk(f"{a}/fixed", args.duration, 32), lambda: wrk(f"{n}/fixed", args.duration, 32), False),
+                ("proxied to uvicorn (UDS), HTTP/1.1", lambda: wrk(f"{a}/hello/bench", args.duration, 32),
+                 lambda: wrk(f"{n}/hello/bench", args.duration, 32), True),
+                ("native 2 KiB JSON, TLS + HTTP/2 (h2load)", lambda: h2load(f"{at}/fixed", h2_requests), lambda: h2load(f"{nt}/fixed", h2_requests), False),
+                ("proxied, TLS + HTTP/2 (h2load)", lambda: h2load(f"{at}/hello/bench", h2_requests // 10),
+                 lambda: h2load(f"{nt}/hello/bench", h2_requests // 10), True),
+                ("hot path: Apus native vs Python json.dumps behind nginx", lambda: wrk(f"{a}/orderbook/ACME?n=200", args.duration, 16),
+                 lambda: wrk(f"{n}/py/orderbook/ACME?n=200", args.duration, 16), True),
+                ("hot path: Apus native vs Python orjson behind nginx", lambda: wrk(f"{a}/orderbook/ACME?n=200", args.duration, 16),
+                 lambda: wrk(f"{n}/py/orderbook-orjson/ACME?n=200", args.duration, 16), True),
+            ]
+            for name, run_apus, run_nginx, proxied in scenarios:
+                run_apus(), run_nginx()  # warm-up
+                apus_rounds, nginx_rounds = [], []
+                for _ in range(args.rounds):
+                    apus_rounds.append(measure(apus_pids, backend_pids, run_apus))
+                    nginx_rounds.append(measure(nginx_pids, backend_pids, run_nginx))
+                results.append({"scenario": name, "apus": median_of(apus_rounds), "nginx": median_of(nginx_rounds), "proxied": proxied})
+                print(f"done: {name}", flush=True)
 
-        idle = {"apus": rss_mib(apus_pids), "nginx": rss_mib(nginx_pids)}
-        held = open_connections(stack.apus_port, 1000)
-        loaded_apus = rss_mib(apus_pids)
-        for s in held:
-            s.close()
-        held = open_connections(stack.nginx_port, 1000)
-        loaded_nginx = rss_mib(nginx_pids)
-        for s in held:
-            s.close()
-        start_ms = stack.measure_start(apus, 1 if args.smoke else 7)
+            idle = {"apus": rss_mib(apus_pids), "nginx": rss_mib(nginx_pids)}
+            held = open_connections(stack.apus_port, 1000)
+            loaded_apus = rss_mib(apus_pids)
+            for s in held:
+                s.close()
+            held = open_connections(stack.nginx_port, 1000)
+            loaded_nginx = rss_mib(nginx_pids)
+            for s in held:
+                s.close()
+            start_ms = stack.measure_start(apus, 1 if args.smoke else 7)
+        instructions = callgrind.measure(stack, apus, args.callgrind_requests, free_port)
     finally:
         stack.stop()
-    print_table(results, idle, {"apus": loaded_apus, "nginx": loaded_nginx}, start_ms, identical, args)
+    if not args.only_callgrind:
+        print_table(results, idle, {"apus": loaded_apus, "nginx": loaded_nginx}, start_ms, identical, args)
+    print_instructions(instructions, args.callgrind_requests)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "idle_rss": idle, "start_ms": start_ms}, indent=2))
+        Path(args.json).write_text(json.dumps({"results": results, "idle_rss": idle if not args.only_callgrind else None,
+                                               "start_ms": start_ms if not args.only_callgrind else None,
+                                               "instructions_per_request": instructions}, indent=2))
+
+
+def print_instructions(instructions, requests):
+    print()
+    print(f"Instructions per request under callgrind (user space, one process; {requests} keep-alive requests "
+          f"over 4 connections after a warm-up; the backend is not counted):")
+    print()
+    print("| scenario | Apus | nginx | ratio |")
+    print("|---|---:|---:|---:|")
+    for name, counts in instructions.items():
+        print(f"| {name} | {counts['apus']:,.0f} | {counts['nginx']:,.0f} | {counts['apus'] / counts['nginx']:.2f} |")
 
 
 def print_table(results, idle, loaded, start_ms, identical, args):
