@@ -141,7 +141,10 @@ public final class UpstreamPool {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = UpstreamHandler()
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    // No outbound header validation: request heads reach the pool already checked
+                    // (by llhttp or the front handler's parser over HTTP/1, by NIOHTTP2 over HTTP/2,
+                    // which refuses CR, LF and NUL in values), plus forwarding headers built here.
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }

@@ -21,33 +21,46 @@ public struct NormalizedPath: Sendable, Equatable {
     public init(_ rawPath: Substring) throws(PathError) {
         var path = rawPath
         // absolute-form (RFC 9112 3.2.2): keep only the path.
-        if path.hasPrefix("http://") || path.hasPrefix("https://") {
+        if path.first != "/", path.hasPrefix("http://") || path.hasPrefix("https://") {
             let afterScheme = path[path.index(path.firstIndex(of: ":")!, offsetBy: 3)...]
             path = afterScheme.firstIndex(of: "/").map { afterScheme[$0...] } ?? "/"
         }
         guard path.first == "/" else { throw .notOriginForm }
+        // One pass over the bytes after the leading `/`: each `/` or the end closes a segment.
+        let bytes = path.utf8
         var segments: [String] = []
-        let rawSegments = path.utf8.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
-        for raw in rawSegments where !raw.isEmpty {
-            let decoded = try Self.percentDecode(raw)
-            switch decoded {
-            case ".": continue
-            case "..":
-                guard !segments.isEmpty else { throw .aboveRoot }
-                segments.removeLast()
-            default: segments.append(decoded)
+        segments.reserveCapacity(4)
+        var segmentStart = bytes.index(after: bytes.startIndex)
+        var index = segmentStart
+        var rawSegmentCount = 0
+        while true {
+            let atEnd = index == bytes.endIndex
+            if atEnd || bytes[index] == UInt8(ascii: "/") {
+                let raw = bytes[segmentStart..<index]
+                rawSegmentCount += 1
+                if !raw.isEmpty {
+                    let decoded = try Self.percentDecode(raw)
+                    switch decoded {
+                    case ".": break
+                    case "..":
+                        guard !segments.isEmpty else { throw .aboveRoot }
+                        segments.removeLast()
+                    default: segments.append(decoded)
+                    }
+                }
+                if atEnd {
+                    self.hasTrailingSlash = rawSegmentCount > 1 && raw.isEmpty
+                    break
+                }
+                segmentStart = bytes.index(after: index)
             }
+            index = bytes.index(after: index)
         }
         self.segments = segments
-        let last = rawSegments.last
-        self.hasTrailingSlash = rawSegments.count > 1 && (last?.isEmpty ?? false)
     }
 
     private static func percentDecode(_ raw: Substring.UTF8View.SubSequence) throws(PathError) -> String {
-        guard raw.contains(UInt8(ascii: "%")) else {
-            guard !raw.contains(0) else { throw .forbiddenByte }
-            return String(decoding: raw, as: UTF8.self)
-        }
+        if let plain = try plainSegment(raw) { return plain }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(raw.count)
         var index = raw.startIndex
@@ -69,6 +82,15 @@ public struct NormalizedPath: Sendable, Equatable {
             }
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The segment as text when it has no escapes (the usual case), checked for NUL in the same pass.
+    private static func plainSegment(_ raw: Substring.UTF8View.SubSequence) throws(PathError) -> String? {
+        for byte in raw {
+            if byte == UInt8(ascii: "%") { return nil }
+            if byte == 0 { throw .forbiddenByte }
+        }
+        return String(Substring(raw))
     }
 
     private static func hexValue(_ byte: UInt8) -> UInt8? {

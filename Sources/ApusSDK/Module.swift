@@ -111,9 +111,16 @@ private final class HandlerBox: @unchecked Sendable {
                 var offset = 0
                 func copy(_ text: String) -> apus_type_str {
                     let start = offset
-                    for byte in text.utf8 {
-                        arena[offset] = byte
-                        offset += 1
+                    let copied = text.utf8.withContiguousStorageIfAvailable { utf8 in
+                        UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(arena)[offset...]).copyMemory(
+                            from: UnsafeRawBufferPointer(utf8))
+                        offset += utf8.count
+                    }
+                    if copied == nil {
+                        for byte in text.utf8 {
+                            arena[offset] = byte
+                            offset += 1
+                        }
                     }
                     return apus_type_str(
                         data: UnsafeRawPointer(arena.baseAddress! + start).assumingMemoryBound(to: CChar.self),

@@ -221,6 +221,10 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             keepAlive: head.isKeepAlive || head.version.major >= 2)
         RequestMetrics.inFlight.increment()
 
+        if front?.requestHasNoNativeRoute == true {
+            startProxy(head, context: context)
+            return
+        }
         let uri = head.uri.utf8
         let queryStart = uri.firstIndex(of: UInt8(ascii: "?"))
         let rawPath = Substring(head.uri.utf8[..<(queryStart ?? uri.endIndex)])

@@ -75,6 +75,10 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var lastRead = NIODeadline.now()
     /// Whether this read batch moved a request on (a slowly dribbled head does not keep a connection).
     private var progressed = false
+    /// Set while handing the gateway a request this handler found no native route
+    /// for (method and normalised path checked against the same table): the
+    /// gateway takes the verdict instead of routing again.
+    private var handedOverWithoutNativeRoute = false
     private var idleCheck: Scheduled<Void>?
 
     init(loop: LoopState, shared: GatewayShared, client: String, keepAliveTimeout: TimeAmount, maxHeadBytes: Int) {
@@ -237,8 +241,14 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     handOver(context)  // the codec refuses it with its own limits
                     return
                 }
-                guard let call = nativeCall(for: head) else {
-                    toGateway(head, context)
+                let call: NativeCall
+                switch routing(for: head) {
+                case .native(let found): call = found
+                case .noNativeRoute:
+                    toGateway(head, context, noNativeRoute: true)
+                    return
+                case .gatewayDecides:
+                    toGateway(head, context, noNativeRoute: false)
                     return
                 }
                 progressed = true
@@ -258,16 +268,22 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Hands one request (its head and as much of its body as is here) to the codec and the gateway.
-    private func toGateway(_ head: HTTP1RequestHead, _ context: ChannelHandlerContext) {
+    private func toGateway(_ head: HTTP1RequestHead, _ context: ChannelHandlerContext, noNativeRoute: Bool) {
         let total = head.length + head.contentLength
         let available = min(total, pending.readableBytes)
         let request = pending.readSlice(length: available)!
         progressed = true
         if pending.readableBytes == 0 { pending = ByteBuffer() }
         mode = .gateway(bodyRemaining: total - available)
+        handedOverWithoutNativeRoute = noNativeRoute
         context.fireChannelRead(wrapInboundOut(request))
+        handedOverWithoutNativeRoute = false
         if !inReadBatch { context.fireChannelReadComplete() }
     }
+
+    /// Whether the request the gateway is reading now was found to have no native
+    /// route here (so it goes to the backend without routing again).
+    var requestHasNoNativeRoute: Bool { handedOverWithoutNativeRoute }
 
     /// Called by the gateway when it has written the whole response to a request
     /// this handler gave it: framing resumes here with whatever the client sent since.
@@ -294,11 +310,20 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let queryStart: Int?
     }
 
-    /// The native route this request is for, if this handler can serve it here.
-    private func nativeCall(for head: HTTP1RequestHead) -> NativeCall? {
+    private enum Routing {
+        /// A native route this handler serves itself.
+        case native(NativeCall)
+        /// No native route matches the method and the (valid) path: the backend's.
+        case noNativeRoute
+        /// The gateway routes it (a native route it serves another way, or a path it refuses).
+        case gatewayDecides
+    }
+
+    /// Where this request goes, as far as this handler can tell.
+    private func routing(for head: HTTP1RequestHead) -> Routing {
         let router = loop.router
-        guard !router.table.isEmpty, !head.expects else { return nil }
-        return pending.withUnsafeReadableBytes { bytes -> NativeCall? in
+        guard !router.table.isEmpty, !head.expects else { return .gatewayDecides }
+        return pending.withUnsafeReadableBytes { bytes -> Routing in
             let method = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[head.method]), as: UTF8.self)
             let target = UnsafeRawBufferPointer(rebasing: bytes[head.target])
             let queryOffset = target.firstIndex(of: UInt8(ascii: "?"))
@@ -310,16 +335,18 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 match = literal
                 path = rawPath
             } else {
-                guard let normalized = try? NormalizedPath(Substring(rawPath)),
-                    let found = router.table.match(method: method, path: normalized)
-                else { return nil }
+                guard let normalized = try? NormalizedPath(Substring(rawPath)) else { return .gatewayDecides }
+                guard let found = router.table.match(method: method, path: normalized) else { return .noNativeRoute }
                 match = found
                 path = canonical ? rawPath : normalized.text
             }
-            guard match.target.library.kind != .blocking, head.contentLength <= match.target.maxBodyBytes else { return nil }
-            return NativeCall(
-                route: match.target, pattern: match.pattern.description, path: path, parameters: match.parameters,
-                method: method, queryStart: queryOffset)
+            guard match.target.library.kind != .blocking, head.contentLength <= match.target.maxBodyBytes else {
+                return .gatewayDecides
+            }
+            return .native(
+                NativeCall(
+                    route: match.target, pattern: match.pattern.description, path: path, parameters: match.parameters,
+                    method: method, queryStart: queryOffset))
         }
     }
 

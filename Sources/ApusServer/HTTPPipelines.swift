@@ -35,9 +35,13 @@ enum HTTPPipelines {
             loop: loop.value, shared: shared, client: peer.description, keepAliveTimeout: settings.keepAliveTimeout,
             maxHeadBytes: settings.maxHeadBytes)
         try sync.addHandler(front)
+        // No outbound header validation: every header this pipeline writes was already
+        // checked where it came from (llhttp for backend responses, `HeaderRules` for
+        // native answers, the gateway's own values), and NIO's check scanned every
+        // byte of every response head again.
         try sync.configureHTTPServerPipeline(
             withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: true,
-            withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
+            withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: settings.decoderLimits)
         try sync.addHandler(ConnectionMetricsHandler(http2: false))
         try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer, front: front))

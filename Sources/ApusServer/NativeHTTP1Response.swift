@@ -39,57 +39,82 @@ struct NativeHTTP1Response: Sendable {
             status = 500
         }
         let body = UnsafeRawBufferPointer(start: response.body, count: response.body == nil ? 0 : response.body_length)
-        out.reserveCapacity(minimumWritableBytes: 256 + body.count)
-        writeStatusLine(status, into: &out)
-        for header in headers where !HeaderRules.isGatewayOwned(Self.bytes(header.name)) {
-            Self.write(header.name, into: &out)
-            out.writeStaticString(": ")
-            Self.write(header.value, into: &out)
-            out.writeStaticString("\r\n")
-        }
         let mayHaveBody = HTTPResponseStatus(statusCode: status).mayHaveResponseBody
-        writeGatewayHeaders(contentLength: mayHaveBody ? body.count : nil, into: &out)
-        guard mayHaveBody, !isHead else { return Written(status: status, bodyBytes: 0) }
-        out.writeBytes(body)
-        return Written(status: status, bodyBytes: body.count)
+        let reason = HTTPResponseStatus(statusCode: status).reasonPhrase
+        let sentBody = mayHaveBody && !isHead ? body : UnsafeRawBufferPointer(start: nil, count: 0)
+        let contentLength = mayHaveBody ? body.count : nil
+
+        // Sized first, then written in one pass: one capacity check for the whole response.
+        var size = 9 + 3 + 1 + reason.utf8.count + 2 + gatewayHeadersSize(contentLength: contentLength) + sentBody.count
+        for header in headers where !HeaderRules.isGatewayOwned(Self.bytes(header.name)) {
+            size += header.name.length + 2 + header.value.length + 2
+        }
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { buffer in
+            var cursor = ResponseCursor(buffer.baseAddress!)
+            cursor.append(minorVersion == 1 ? "HTTP/1.1 " : "HTTP/1.0 ")
+            cursor.append(decimal: status)
+            cursor.append(" ")
+            cursor.append(reason)
+            cursor.append("\r\n")
+            for header in headers where !HeaderRules.isGatewayOwned(Self.bytes(header.name)) {
+                cursor.append(Self.bytes(header.name))
+                cursor.append(": ")
+                cursor.append(Self.bytes(header.value))
+                cursor.append("\r\n")
+            }
+            writeGatewayHeaders(contentLength: contentLength, into: &cursor)
+            cursor.append(sentBody)
+            let written = cursor.written(since: buffer.baseAddress!)
+            precondition(written == size, "native response sized \(size) bytes, wrote \(written)")
+            return written
+        }
+        return Written(status: status, bodyBytes: sentBody.count)
     }
 
     private func encodeError(into out: inout ByteBuffer) -> Written {
         let body = #"{"error":"handler returned an invalid header"}"#
-        writeStatusLine(500, into: &out)
-        out.writeStaticString("content-type: application/json\r\n")
-        writeGatewayHeaders(contentLength: body.utf8.count, into: &out)
-        guard !isHead else { return Written(status: 500, bodyBytes: 0) }
-        out.writeString(body)
-        return Written(status: 500, bodyBytes: body.utf8.count)
+        let head: StaticString = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+        let sentBody = isHead ? "" : body
+        let size = head.utf8CodeUnitCount + gatewayHeadersSize(contentLength: body.utf8.count) + sentBody.utf8.count
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { buffer in
+            var cursor = ResponseCursor(buffer.baseAddress!)
+            cursor.append(minorVersion == 1 ? "HTTP/1.1 " : "HTTP/1.0 ")
+            cursor.append(UnsafeRawBufferPointer(start: head.utf8Start + 9, count: head.utf8CodeUnitCount - 9))
+            writeGatewayHeaders(contentLength: body.utf8.count, into: &cursor)
+            cursor.append(sentBody)
+            let written = cursor.written(since: buffer.baseAddress!)
+            precondition(written == size, "error response sized \(size) bytes, wrote \(written)")
+            return written
+        }
+        return Written(status: 500, bodyBytes: sentBody.utf8.count)
     }
 
-    private func writeStatusLine(_ status: Int, into out: inout ByteBuffer) {
-        out.writeStaticString(minorVersion == 1 ? "HTTP/1.1 " : "HTTP/1.0 ")
-        out.writeString(String(status))
-        out.writeStaticString(" ")
-        out.writeString(HTTPResponseStatus(statusCode: status).reasonPhrase)
-        out.writeStaticString("\r\n")
+    private func gatewayHeadersSize(contentLength: Int?) -> Int {
+        var size = 6 + date.utf8.count + 2 + 14 + requestID.utf8.count + 2 + 2
+        if let contentLength { size += 16 + ResponseCursor.decimalDigits(contentLength) + 2 }
+        if !keepAlive { size += 19 }
+        if let hsts { size += 27 + hsts.utf8.count + 2 }
+        return size
     }
 
-    private func writeGatewayHeaders(contentLength: Int?, into out: inout ByteBuffer) {
+    private func writeGatewayHeaders(contentLength: Int?, into cursor: inout ResponseCursor) {
         if let contentLength {
-            out.writeStaticString("content-length: ")
-            out.writeString(String(contentLength))
-            out.writeStaticString("\r\n")
+            cursor.append("content-length: ")
+            cursor.append(decimal: contentLength)
+            cursor.append("\r\n")
         }
-        out.writeStaticString("date: ")
-        out.writeString(date)
-        out.writeStaticString("\r\nx-request-id: ")
-        out.writeString(requestID)
-        out.writeStaticString("\r\n")
-        if !keepAlive { out.writeStaticString("connection: close\r\n") }
+        cursor.append("date: ")
+        cursor.append(date)
+        cursor.append("\r\nx-request-id: ")
+        cursor.append(requestID)
+        cursor.append("\r\n")
+        if !keepAlive { cursor.append("connection: close\r\n") }
         if let hsts {
-            out.writeStaticString("strict-transport-security: ")
-            out.writeString(hsts)
-            out.writeStaticString("\r\n")
+            cursor.append("strict-transport-security: ")
+            cursor.append(hsts)
+            cursor.append("\r\n")
         }
-        out.writeStaticString("\r\n")
+        cursor.append("\r\n")
     }
 
     // MARK: header bytes
@@ -98,12 +123,58 @@ struct NativeHTTP1Response: Sendable {
         UnsafeRawBufferPointer(start: value.data, count: value.data == nil ? 0 : value.length)
     }
 
-    private static func write(_ value: apus_type_str, into out: inout ByteBuffer) {
-        out.writeBytes(bytes(value))
-    }
-
     private static func text(_ value: apus_type_str) -> String {
         String(decoding: bytes(value), as: UTF8.self)
     }
 
+}
+
+/// Appends bytes at a pointer into memory already sized for them (by `encode`).
+private struct ResponseCursor {
+    private var next: UnsafeMutableRawPointer
+
+    init(_ start: UnsafeMutableRawPointer) { next = start }
+
+    func written(since start: UnsafeMutableRawPointer) -> Int { next - start }
+
+    mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        next.copyMemory(from: base, byteCount: bytes.count)
+        next += bytes.count
+    }
+
+    mutating func append(_ text: StaticString) {
+        append(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    mutating func append(_ text: String) {
+        // Gateway strings are native and contiguous; the fallback copies byte by byte.
+        if text.utf8.withContiguousStorageIfAvailable({ append(UnsafeRawBufferPointer($0)) }) == nil {
+            for byte in text.utf8 {
+                next.storeBytes(of: byte, as: UInt8.self)
+                next += 1
+            }
+        }
+    }
+
+    mutating func append(decimal value: Int) {
+        let digits = Self.decimalDigits(value)
+        var rest = value
+        for offset in stride(from: digits - 1, through: 0, by: -1) {
+            next.storeBytes(of: UInt8(truncatingIfNeeded: 48 + rest % 10), toByteOffset: offset, as: UInt8.self)
+            rest /= 10
+        }
+        next += digits
+    }
+
+    /// Digits of a non-negative integer (status codes and lengths).
+    static func decimalDigits(_ value: Int) -> Int {
+        var digits = 1
+        var rest = value
+        while rest >= 10 {
+            rest /= 10
+            digits += 1
+        }
+        return digits
+    }
 }

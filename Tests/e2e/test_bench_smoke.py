@@ -1,5 +1,6 @@
 """The benchmark as a short smoke run, so it keeps working; its figures are not asserted."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 from conftest import APUS, ROOT
 
 
-@pytest.mark.skipif(not all(shutil.which(tool) for tool in ["nginx", "wrk", "h2load", "taskset"]),
+@pytest.mark.skipif(not all(shutil.which(tool) for tool in ["nginx", "wrk", "h2load", "taskset", "valgrind"]),
                     reason="bench tools not installed (bench/setup.sh)")
 def test_bench_smoke_runs_every_scenario_without_errors():
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--apus", str(APUS)],
@@ -17,9 +18,12 @@ def test_bench_smoke_runs_every_scenario_without_errors():
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "Bodies identical across servers: True" in out, out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and ("| apus |" in line or "| nginx |" in line)]
+    rows = [line for line in out.splitlines() if re.match(r"\| [^|]+ \| (apus|nginx) \| \d", line)]
     assert len(rows) == 12, out
     assert all(line.rstrip(" |").endswith("| 0") for line in rows), out
+    # The callgrind table: instructions per request for both servers, native and proxied.
+    counts = re.findall(r"^\| (native|proxied)[^|]* \| ([\d,]+) \| ([\d,]+) \| [\d.]+ \|$", out, re.M)
+    assert len(counts) == 2 and all(int(a.replace(",", "")) > 0 and int(n.replace(",", "")) > 0 for _, a, n in counts), out
 
 
 def test_python_call_bench_smoke_checks_identical_bytes(handler_cache):
