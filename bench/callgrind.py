@@ -5,7 +5,8 @@ nginx with `master_process off`, so one process does all the work). After a
 warm-up, the counters are zeroed, a fixed number of keep-alive requests is sent
 (h2load --h1, 4 connections), the counters are dumped, and the total is divided
 by the number of requests. The uvicorn backend runs natively and is not counted.
-The dumps stay in the bench's work folder for `callgrind_annotate`.
+The dumps stay in the bench's work folder;
+`python3 bench/callgrind.py top DUMP REQUESTS` lists where their instructions went.
 
 Two details make callgrind usable on this Debian (valgrind 3.19):
 - Swift 6.3 writes DWARF 5 debug info that valgrind 3.19 cannot read, so Apus
@@ -16,10 +17,12 @@ Two details make callgrind usable on this Debian (valgrind 3.19):
   a copy on the stack instead.
 """
 
+import collections
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -119,3 +122,37 @@ def measure(stack, apus: Path, requests: int, free_port) -> dict:
     nginx_counts = count("nginx", ["nginx", "-c", work / "callgrind-nginx.conf", "-p", work], dict(os.environ), work,
                          f"http://127.0.0.1:{nginx_port}", work, requests)
     return {name: {"apus": apus_counts[name], "nginx": nginx_counts[name]} for name, _ in SCENARIOS}
+
+
+def top(dump: Path, requests: int, count: int = 40):
+    """Prints the functions with the most instructions of their own (not their callees'), per request."""
+    names, own, function, skip_next = {}, collections.Counter(), None, False
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith(("fn=", "cfn=")):
+            found = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+            if found.group(2):
+                names[found.group(1)] = found.group(2)
+            if line.startswith("fn="):
+                function = found.group(1)
+        elif line.startswith("calls="):
+            skip_next = True  # the next cost line is the callee's inclusive cost
+        elif line[:1] in "0123456789+-*":
+            parts = line.split()
+            if skip_next:
+                skip_next = False
+            elif len(parts) >= 2 and function is not None:
+                own[function] += int(parts[1])
+    total = sum(own.values())
+    ranked = own.most_common(count)
+    demangled = subprocess.run(["swift", "demangle", "--simplified"], input="\n".join(names.get(f, f) for f, _ in ranked),
+                               capture_output=True, text=True).stdout.splitlines() if shutil.which("swift") else []
+    print(f"{total / requests:,.0f} instructions per request")
+    for index, (function, cost) in enumerate(ranked):
+        name = demangled[index] if index < len(demangled) else names.get(function, function)
+        print(f"{cost / requests:9,.0f}  {100 * cost / total:5.1f}%  {name[:140]}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "top":
+        sys.exit("usage: python3 bench/callgrind.py top DUMP REQUESTS   (the counts themselves: python3 bench/run.py --only-callgrind)")
+    top(Path(sys.argv[2]), int(sys.argv[3]))
