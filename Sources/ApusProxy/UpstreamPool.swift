@@ -141,10 +141,13 @@ public final class UpstreamPool {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = UpstreamHandler()
-                    // No outbound header validation: request heads reach the pool already checked
-                    // (by llhttp or the front handler's parser over HTTP/1, by NIOHTTP2 over HTTP/2,
-                    // which refuses CR, LF and NUL in values), plus forwarding headers built here.
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
+                    // NIO's client handlers, with Apus's request encoder (same bytes, one pass) and
+                    // without outbound header validation: request heads reach the pool already
+                    // checked (by llhttp or the front handler's parser over HTTP/1, by NIOHTTP2 over
+                    // HTTP/2, which refuses CR, LF and NUL in values), plus forwarding headers built here.
+                    try channel.pipeline.syncOperations.addHandlers([
+                        UpstreamRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
+                    ])
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }

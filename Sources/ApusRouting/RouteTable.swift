@@ -11,31 +11,77 @@ public struct RouteTable<Target: Sendable>: Sendable {
         public let pattern: RoutePattern
         /// `{name}` values in pattern order, decoded.
         public let parameters: [(name: String, value: String)]
+
+        @usableFromInline
+        init(target: Target, pattern: RoutePattern, parameters: [(name: String, value: String)]) {
+            self.target = target
+            self.pattern = pattern
+            self.parameters = parameters
+        }
     }
 
-    private struct Entry: Sendable {
-        let pattern: RoutePattern
-        let target: Target
-    }
-
-    // The tree holds indices into `entries`, so that it and the lookup are not generic:
-    // a lookup runs specialised code with no type-metadata work per request.
-    private let root = RouteNode()
-    private let entries: [Entry]
-    /// The tree node of every all-literal pattern, by its path text (`/health`):
-    /// a request path already in normal form finds such a route with one lookup.
-    private var literalPaths: [String: RouteNode] = [:]
+    // Lookups run in `RouteIndex`, which is not generic and answers with an index
+    // into `targets`; the generic part is the inlinable last step, specialised in
+    // the caller. A lookup does no type-metadata work per request.
+    @usableFromInline let index: RouteIndex
+    @usableFromInline let targets: [Target]
     /// The routes in the order they were given.
-    public let patterns: [RoutePattern]
+    public var patterns: [RoutePattern] { index.patterns }
 
     /// Builds the table; two routes with the same method and the same shape are an error.
     public init(_ routes: [(pattern: RoutePattern, target: Target)]) throws(RouteConflictError) {
-        patterns = routes.map(\.pattern)
-        entries = routes.map { Entry(pattern: $0.pattern, target: $0.target) }
-        var literalPaths: [String: RouteNode] = [:]
-        for (index, route) in routes.enumerated() {
+        index = try RouteIndex(routes.map(\.pattern))
+        targets = routes.map(\.target)
+    }
+
+    /// Whether no route is configured (every request goes to the backend).
+    public var isEmpty: Bool { targets.isEmpty }
+
+    /// Finds an all-literal route for a path that is already in normal form (no
+    /// escapes, dot segments, repeated or trailing slashes): one hash lookup, no
+    /// allocation. `nil` means "ask `match`", not "no route": the answer is always
+    /// the one `match` would give, because literal segments win there too.
+    @inlinable
+    public func matchLiteral(method: String, normalPath: String) -> Match? {
+        guard let entry = index.literalEntry(method: method, normalPath: normalPath) else { return nil }
+        return Match(target: targets[entry], pattern: index.patterns[entry], parameters: [])
+    }
+
+    /// Whether any route could match a path already in normal form, judged by its
+    /// first segment alone. `false` means none can (the usual answer for a path
+    /// the backend serves, found with one small lookup and no `NormalizedPath`);
+    /// `true` means "ask `matchLiteral` and `match`".
+    @inlinable
+    public func mayMatch(normalPath: String) -> Bool { index.mayMatch(normalPath: normalPath) }
+
+    /// Finds the route for a method and a normalised path.
+    @inlinable
+    public func match(method: String, path: NormalizedPath) -> Match? {
+        guard let found = index.match(method: method, path: path) else { return nil }
+        return Match(target: targets[found.entry], pattern: index.patterns[found.entry], parameters: found.parameters)
+    }
+}
+
+/// The route tree and the lookups over it, by route index.
+@usableFromInline
+final class RouteIndex: Sendable {
+    let root = RouteNode()
+    /// The tree node of every all-literal pattern, by its path text (`/health`):
+    /// a request path already in normal form finds such a route with one lookup.
+    let literalPaths: [ASCIIKey: RouteNode]
+    /// The literal first segments of all routes (`health` for `/health`), for `mayMatch`.
+    let firstSegments: Set<ASCIIKey>
+    /// Whether any first segment may match: a `{name}` or `{name...}` route sits
+    /// there, or a literal one that is not ASCII.
+    let anyFirstSegmentMayMatch: Bool
+    @usableFromInline let patterns: [RoutePattern]
+
+    init(_ patterns: [RoutePattern]) throws(RouteConflictError) {
+        self.patterns = patterns
+        var literalPaths: [ASCIIKey: RouteNode] = [:]
+        for (index, pattern) in patterns.enumerated() {
             var node = root
-            for segment in route.pattern.segments {
+            for segment in pattern.segments {
                 switch segment {
                 case .literal(let text):
                     if let next = node.literals[text] {
@@ -48,65 +94,93 @@ public struct RouteTable<Target: Sendable>: Sendable {
                 case .parameter(let name):
                     if node.parameter == nil { node.parameter = (name, RouteNode()) }
                     guard node.parameter!.name == name else {
-                        throw RouteConflictError(first: owner(of: node.parameter!.node), second: route.pattern)
+                        throw RouteConflictError(first: Self.owner(of: node.parameter!.node, patterns), second: pattern)
                     }
                     node = node.parameter!.node
                 case .catchAll(let name):
                     if node.catchAll == nil { node.catchAll = (name, RouteNode()) }
                     guard node.catchAll!.name == name else {
-                        throw RouteConflictError(first: owner(of: node.catchAll!.node), second: route.pattern)
+                        throw RouteConflictError(first: Self.owner(of: node.catchAll!.node, patterns), second: pattern)
                     }
                     node = node.catchAll!.node
                 }
             }
-            let literals = route.pattern.segments.compactMap { segment -> String? in
+            let literals = pattern.segments.compactMap { segment -> String? in
                 if case .literal(let text) = segment { return text }
                 return nil
             }
-            if literals.count == route.pattern.segments.count {
-                literalPaths["/" + literals.joined(separator: "/")] = node
+            if literals.count == pattern.segments.count, let key = ASCIIKey(("/" + literals.joined(separator: "/"))[...]) {
+                literalPaths[key] = node
             }
-            if let method = route.pattern.method {
-                if let existing = node.byMethod[method] {
-                    throw RouteConflictError(first: patterns[existing], second: route.pattern)
-                }
+            if let method = pattern.method {
+                if let existing = node.byMethod[method] { throw RouteConflictError(first: patterns[existing], second: pattern) }
                 node.byMethod[method] = index
             } else {
-                if let existing = node.anyMethod { throw RouteConflictError(first: patterns[existing], second: route.pattern) }
+                if let existing = node.anyMethod { throw RouteConflictError(first: patterns[existing], second: pattern) }
                 node.anyMethod = index
             }
         }
         self.literalPaths = literalPaths
+        let firstKeys = root.literals.keys.map { ASCIIKey($0[...]) }
+        firstSegments = Set(firstKeys.compactMap { $0 })
+        anyFirstSegmentMayMatch = root.parameter != nil || root.catchAll != nil || firstKeys.contains { $0 == nil }
     }
 
-    private func owner(of node: RouteNode) -> RoutePattern {
+    private static func owner(of node: RouteNode, _ patterns: [RoutePattern]) -> RoutePattern {
         patterns[node.byMethod.values.first ?? node.anyMethod ?? 0]
     }
 
-    /// Whether no route is configured (every request goes to the backend).
-    public var isEmpty: Bool { patterns.isEmpty }
-
-    /// Finds an all-literal route for a path that is already in normal form (no
-    /// escapes, dot segments, repeated or trailing slashes): one hash lookup, no
-    /// allocation. `nil` means "ask `match`", not "no route": the answer is always
-    /// the one `match` would give, because literal segments win there too.
-    public func matchLiteral(method: String, normalPath: String) -> Match? {
-        guard let node = literalPaths[normalPath], let entry = node.entry(method) else { return nil }
-        return Match(target: entries[entry].target, pattern: entries[entry].pattern, parameters: [])
+    @usableFromInline
+    func literalEntry(method: String, normalPath: String) -> Int? {
+        guard let key = ASCIIKey(normalPath[...]), let node = literalPaths[key] else { return nil }
+        return node.entry(method)
     }
 
-    /// Finds the route for a method and a normalised path.
-    public func match(method: String, path: NormalizedPath) -> Match? {
+    @usableFromInline
+    func mayMatch(normalPath: String) -> Bool {
+        let utf8 = normalPath.utf8
+        guard !anyFirstSegmentMayMatch, utf8.first == UInt8(ascii: "/") else { return true }
+        let segmentStart = utf8.index(after: utf8.startIndex)
+        let segmentEnd = utf8[segmentStart...].firstIndex(of: UInt8(ascii: "/")) ?? utf8.endIndex
+        guard segmentStart < segmentEnd else { return true }  // `/` itself
+        guard let key = ASCIIKey(Substring(utf8[segmentStart..<segmentEnd])) else { return true }
+        return firstSegments.contains(key)
+    }
+
+    @usableFromInline
+    func match(method: String, path: NormalizedPath) -> (entry: Int, parameters: [(name: String, value: String)])? {
         var captured: [(name: String, value: String)] = []
-        guard let found = root.match(method: method, segments: path.segments[...], hasTrailingSlash: path.hasTrailingSlash, captured: &captured)
-        else { return nil }
-        let entry = entries[found.entry]
-        return Match(target: entry.target, pattern: entry.pattern, parameters: found.parameters)
+        return root.match(method: method, segments: path.segments[...], hasTrailingSlash: path.hasTrailingSlash, captured: &captured)
     }
 }
 
+/// An ASCII path or segment as a dictionary key, hashed with FNV-1a over its
+/// bytes and compared byte for byte: Swift's `String` hashing (SipHash over the
+/// Unicode-normalised text) cost more than the rest of routing a request. Only
+/// ASCII text has a key, so byte equality is the same as `String` equality.
+struct ASCIIKey: Hashable {
+    let text: Substring
+    let hash: UInt64
+
+    init?(_ text: Substring) {
+        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+        for byte in text.utf8 {
+            guard byte < 0x80 else { return nil }
+            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+        }
+        self.text = text
+        self.hash = hash
+    }
+
+    static func == (lhs: ASCIIKey, rhs: ASCIIKey) -> Bool {
+        lhs.hash == rhs.hash && lhs.text.utf8.elementsEqual(rhs.text.utf8)
+    }
+
+    func hash(into hasher: inout Hasher) { hasher.combine(hash) }
+}
+
 /// One segment position in the route tree.
-private final class RouteNode: @unchecked Sendable {
+final class RouteNode: @unchecked Sendable {
     // Mutated only while the table is being built; read-only afterwards.
     var literals: [String: RouteNode] = [:]
     var parameter: (name: String, node: RouteNode)?

@@ -334,6 +334,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if canonical, let literal = router.table.matchLiteral(method: method, normalPath: rawPath) {
                 match = literal
                 path = rawPath
+            } else if canonical && !router.table.mayMatch(normalPath: rawPath) {
+                return .noNativeRoute
             } else {
                 guard let normalized = try? NormalizedPath(Substring(rawPath)) else { return .gatewayDecides }
                 guard let found = router.table.match(method: method, path: normalized) else { return .noNativeRoute }

@@ -124,4 +124,24 @@ struct LiteralRouteLookupTests {
         #expect(table.matchLiteral(method: "GET", normalPath: "/items") == nil)  // the tree finds GET /{name}
         #expect(table.match(method: "GET", path: try NormalizedPath("/items"))?.target == "by-name")
     }
+
+    /// The first-segment filter may only say "no route" when the tree finds none.
+    @Test func firstSegmentFilterNeverHidesARoute() throws {
+        let table = try RouteTable<String>([
+            (try RoutePattern("GET /health"), "health"),
+            (try RoutePattern("GET /quote/{symbol}"), "quote"),
+            (try RoutePattern("ANY /files/{rest...}"), "files"),
+            (try RoutePattern("GET /"), "root"),
+        ])
+        let paths = ["/", "/health", "/health/x", "/quote", "/quote/ACME", "/files", "/files/a/b", "/hello/bench", "/q", "/healthz"]
+        for path in paths {
+            let tree = table.match(method: "GET", path: try NormalizedPath(Substring(path)))
+            if !table.mayMatch(normalPath: path) { #expect(tree == nil, "\(path)") }
+        }
+        #expect(!table.mayMatch(normalPath: "/hello/bench"))
+        #expect(table.mayMatch(normalPath: "/quote/ACME"))
+        #expect(table.mayMatch(normalPath: "*"))  // not a path: the gateway decides
+        let open = try RouteTable<String>([(try RoutePattern("GET /{name}"), "by-name")])
+        #expect(open.mayMatch(normalPath: "/anything"))
+    }
 }
