@@ -727,8 +727,7 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
         if let handler = try? pipeline.handler(type: HTTP1FrontHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTPServerPipelineHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTPServerProtocolErrorHandler.self) { pipeline.removeHandler(handler, promise: nil) }
-        if let handler = try? pipeline.handler(type: HTTPResponseEncoder.self) { pipeline.removeHandler(handler, promise: nil) }
-        if let handler = try? pipeline.handler(type: NIOHTTPResponseHeadersValidator.self) { pipeline.removeHandler(handler, promise: nil) }
+        if let handler = try? pipeline.handler(type: HTTP1ResponseEncoder.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
             pipeline.removeHandler(handler, promise: nil)
         }

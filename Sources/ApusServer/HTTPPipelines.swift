@@ -35,16 +35,23 @@ enum HTTPPipelines {
             loop: loop.value, shared: shared, client: peer.description, keepAliveTimeout: settings.keepAliveTimeout,
             maxHeadBytes: settings.maxHeadBytes)
         try sync.addHandler(front)
-        // No outbound header validation: every header this pipeline writes was already
-        // checked where it came from (llhttp for backend responses, `HeaderRules` for
-        // native answers, the gateway's own values), and NIO's check scanned every
-        // byte of every response head again.
-        try sync.configureHTTPServerPipeline(
-            withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: true,
-            withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
-            withDecoderLimitConfiguration: settings.decoderLimits)
+        try addHTTP1Codec(sync, decoderLimits: settings.decoderLimits)
         try sync.addHandler(ConnectionMetricsHandler(http2: false))
         try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer, front: front))
+    }
+
+    /// NIO's server codec (llhttp, pipelining assistance, protocol-error answers) with
+    /// Apus's response encoder, which writes a head in one pass, and without outbound
+    /// header validation: every header this pipeline writes was already checked where
+    /// it came from (llhttp for backend responses, `HeaderRules` for native answers, the
+    /// gateway's own values), and NIO's check scanned every byte again.
+    static func addHTTP1Codec(_ sync: ChannelPipeline.SynchronousOperations, decoderLimits: NIOHTTPDecoderLimitConfiguration) throws {
+        try sync.addHandlers([
+            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits)),
+            HTTP1ResponseEncoder(),
+            HTTPServerPipelineHandler(),
+            HTTPServerProtocolErrorHandler(),
+        ])
     }
 
     /// HTTP/2: flow control and stream limits from NIOHTTP2 (including its

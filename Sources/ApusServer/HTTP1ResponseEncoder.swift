@@ -1,0 +1,82 @@
+import ApusProxy
+import NIOCore
+import NIOHTTP1
+
+/// Serialises responses on the HTTP/1.1 codec path: what NIO's
+/// `HTTPResponseEncoder` does, with the head written in one pass (`HTTP1Encoding`).
+///
+/// It sits after the request decoder, so it sees each decoded request head go by
+/// and knows which responses answer `HEAD` or `CONNECT` (NIO's encoder learns
+/// that from its paired decoder). The framing rules are NIO's, and a test checks
+/// the bytes against NIO's pipeline: a status that cannot have a body, or an
+/// answer to `CONNECT`, loses `Content-Length` and `Transfer-Encoding`; a body
+/// without `Content-Length` is chunked over HTTP/1.1; an answer to `HEAD` keeps
+/// its framing headers but sends no body.
+final class HTTP1ResponseEncoder: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = IOData
+
+    /// Methods of requests still waiting for their response, oldest first.
+    private var pendingMethods = CircularBuffer<HTTPMethod>(initialCapacity: 2)
+    private var isChunked = false
+    private var suppressBody = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head(let head) = unwrapInboundIn(data) { pendingMethods.append(head.method) }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(var head):
+            // A non-final 1xx (not 101) is followed by the real head: it answers no request yet.
+            let code = head.status.code
+            var answersConnect = false
+            if !((100..<200).contains(code) && code != 101), let method = pendingMethods.popFirst() {
+                suppressBody = method == .HEAD || method == .CONNECT
+                answersConnect = method == .CONNECT
+            }
+            let chunked = Self.frame(&head, mayHaveBody: !answersConnect && head.status.mayHaveResponseBody)
+            isChunked = suppressBody ? false : chunked
+            let bytes = HTTP1Encoding.head(
+                HTTP1Encoding.text(head.version), String(head.status.code), head.status.reasonPhrase, headers: head.headers,
+                allocator: context.channel.allocator)
+            context.write(wrapOutboundOut(.byteBuffer(bytes)), promise: promise)
+        case .body(let body):
+            guard !suppressBody else {
+                promise?.fail(HTTP1ResponseEncoderError.bodyNotAllowed)
+                return
+            }
+            HTTP1Encoding.writeBody(body, chunked: isChunked, context: context, promise: promise)
+        case .end(let trailers):
+            suppressBody = false
+            HTTP1Encoding.writeEnd(trailers: trailers, chunked: isChunked, context: context, promise: promise)
+        }
+    }
+
+    /// Makes the head's framing explicit, as NIO's encoder does; returns whether the body is chunked.
+    static func frame(_ head: inout HTTPResponseHead, mayHaveBody: Bool) -> Bool {
+        guard mayHaveBody else {
+            head.headers.remove(name: "content-length")
+            head.headers.remove(name: "transfer-encoding")
+            return false
+        }
+        if head.headers.contains(name: "content-length") {
+            head.headers.remove(name: "transfer-encoding")
+            return false
+        }
+        guard head.version.major == 1 && head.version.minor >= 1 else { return false }
+        head.headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
+        return true
+    }
+}
+
+/// A response part the HTTP/1.1 encoder refuses.
+enum HTTP1ResponseEncoderError: Error, CustomStringConvertible {
+    /// A body was written for a response to `HEAD` or `CONNECT`, which cannot carry one.
+    case bodyNotAllowed
+
+    var description: String { "a response to HEAD or CONNECT cannot carry a body" }
+}
