@@ -212,7 +212,10 @@ public final class ProxyExchange: UpstreamDelegate {
     }
 
     func upstreamError(_ error: any Error) {
-        // The channel closes right after; upstreamClosed decides what the client sees.
+        // A response that cannot be read fails now, without a retry (the backend may
+        // have acted on the request). For anything else the channel closes right
+        // after, and upstreamClosed decides what the client sees.
+        if let invalid = error as? UpstreamResponseError { fail(.invalidResponse(invalid.description)) }
     }
 
     private func fail(_ error: UpstreamError) {

@@ -40,6 +40,7 @@ public enum UpstreamError: Error, Sendable, CustomStringConvertible {
     case responseTimeout
     case idleTimeout
     case closedEarly
+    case invalidResponse(String)
     case poolShutDown
 
     public var description: String {
@@ -49,6 +50,7 @@ public enum UpstreamError: Error, Sendable, CustomStringConvertible {
         case .responseTimeout: return "backend did not answer in time"
         case .idleTimeout: return "backend stream stalled"
         case .closedEarly: return "backend closed the connection before answering"
+        case .invalidResponse(let reason): return "backend sent an invalid response: \(reason)"
         case .poolShutDown: return "gateway is shutting down"
         }
     }
@@ -141,13 +143,11 @@ public final class UpstreamPool {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = UpstreamHandler()
-                    // NIO's client handlers, with Apus's request encoder (same bytes, one pass) and
-                    // without outbound header validation: request heads reach the pool already
-                    // checked (by llhttp or the front handler's parser over HTTP/1, by NIOHTTP2 over
-                    // HTTP/2, which refuses CR, LF and NUL in values), plus forwarding headers built here.
-                    try channel.pipeline.syncOperations.addHandlers([
-                        UpstreamRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
-                    ])
+                    // Apus's request encoder (NIO's bytes, one pass) and response decoder. No outbound
+                    // header validation: request heads reach the pool already checked (by the front
+                    // handler's parser or llhttp over HTTP/1, by NIOHTTP2 over HTTP/2, which refuses
+                    // CR, LF and NUL in values), plus forwarding headers built here.
+                    try channel.pipeline.syncOperations.addHandlers([UpstreamRequestEncoder(), UpstreamResponseDecoder()])
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }

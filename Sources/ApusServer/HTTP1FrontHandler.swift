@@ -5,24 +5,26 @@ import NIOCore
 import NIOHTTP1
 
 /// The front of every HTTP/1.1 connection, right after the socket (or TLS):
-/// it frames requests itself and answers those for native routes directly from
-/// the received bytes, and hands every other request to NIO's HTTP/1 codec and
-/// the `GatewayHandler` behind it.
+/// it frames requests itself, answers those for native routes directly from
+/// the received bytes, and gives every other request to the `GatewayHandler`
+/// as HTTP request parts.
 ///
-/// Why: a native route is the gateway's hot path, and through the general codec
-/// each request is parsed into `HTTPHeaders`, copied into Swift strings, copied
-/// again for the C ABI, and its response built as `HTTPHeaders` and encoded. Here
-/// the request head is parsed in place (`HTTP1RequestHead`), the handler gets
-/// pointers into the received bytes, and its answer is written straight into one
-/// response buffer (`NativeHTTP1Response`).
+/// Why: through NIO's general codec each request is parsed by llhttp into
+/// `HTTPHeaders`, passed through a pipelining handler, and (for a native route)
+/// copied again for the C ABI. Here the request head is parsed in place
+/// (`HTTP1RequestHead`); a native handler gets pointers into the received bytes,
+/// and its answer is written straight into one response buffer
+/// (`NativeHTTP1Response`); a request for the gateway (the backend's above all)
+/// becomes its `HTTPRequestHead`, body and end here, once.
 ///
 /// Correctness rests on one rule: this handler only frames what it is sure of.
 /// A request it frames but does not serve (a proxied route, an `Expect`, a body
-/// over the route's limit, a blocking handler) goes to the codec as exactly its
-/// own bytes, and anything after it is held until the gateway has answered it,
-/// so the codec never sees half a request from here. A head it cannot frame with
-/// certainty (see `HTTP1RequestHead`: chunked bodies, upgrades, anything
-/// non-canonical) hands the connection to the codec for good.
+/// over the route's limit, a blocking handler) goes to the gateway with exactly
+/// its own body bytes, and anything after it is held until the gateway has
+/// answered it (the pipelining NIO's `HTTPServerPipelineHandler` would do). A
+/// head it cannot frame with certainty (see `HTTP1RequestHead`: chunked bodies,
+/// upgrades, anything non-canonical) hands the connection for good to NIO's
+/// codec, which joins the pipeline then (`HTTPPipelines.addHTTP1Decoding`).
 ///
 /// It also owns the connection's keep-alive timeout, since native requests never
 /// reach the handlers behind it.
@@ -36,9 +38,9 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// Framing requests here; native ones are answered here.
         case fast
         /// One request is with the gateway; `bodyRemaining` bytes of its body are
-        /// still to come from the client. Later bytes wait in `pending`.
+        /// still to come from the client (its end follows the last). Later bytes wait in `pending`.
         case gateway(bodyRemaining: Int)
-        /// The codec frames this connection from now on; bytes pass straight through.
+        /// NIO's codec frames this connection from now on; bytes pass straight through.
         case passthrough
     }
 
@@ -46,6 +48,7 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let shared: GatewayShared
     private let keepAliveTimeout: TimeAmount
     private let maxHeadBytes: Int
+    private let decoderLimits: NIOHTTPDecoderLimitConfiguration
     private let maxHeaderFields = 100
     /// Bytes held back: past the current request while the gateway works, or not yet a whole request.
     private static let holdLimit = 64 * 1024
@@ -68,6 +71,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Counts native requests, so a late answer for an abandoned one is recognised.
     private var generation = 0
     private var inReadBatch = false
+    /// Set while `processPending` runs: a request the gateway answers at once resumes its loop instead of nesting another.
+    private var framing = false
     private var needsFlush = false
     private var closing = false
     private var quiescing = false
@@ -81,7 +86,11 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var handedOverWithoutNativeRoute = false
     private var idleCheck: Scheduled<Void>?
 
-    init(loop: LoopState, shared: GatewayShared, client: String, keepAliveTimeout: TimeAmount, maxHeadBytes: Int) {
+    init(
+        loop: LoopState, shared: GatewayShared, client: String, keepAliveTimeout: TimeAmount, maxHeadBytes: Int,
+        decoderLimits: NIOHTTPDecoderLimitConfiguration
+    ) {
+        self.decoderLimits = decoderLimits
         self.loop = loop
         self.shared = shared
         self.clientDescription = client
@@ -100,12 +109,9 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         idleCheck?.cancel()
         idleCheck = nil
         abandonNative()
-        // Whatever was held belongs to the codec, if it is still there.
-        if pending.readableBytes > 0 {
-            let held = pending
-            pending = ByteBuffer()
-            context.fireChannelRead(wrapInboundOut(held))
-        }
+        // Removed with the channel (or, for an upgrade, after the hand-over, which
+        // leaves nothing held): what a closing connection held is dropped.
+        pending = ByteBuffer()
         self.context = nil
     }
 
@@ -137,18 +143,26 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let body = buffer.readSlice(length: forward)!
             mode = .gateway(bodyRemaining: remaining - forward)
             progressed = true
-            context.fireChannelRead(wrapInboundOut(body))
-            guard buffer.readableBytes > 0 else { return }
+            // Held before the body goes on: the gateway may answer at once, and framing resumes with these bytes.
+            if buffer.readableBytes > 0 { hold(&buffer) }
+            context.fireChannelRead(NIOAny(HTTPServerRequestPart.body(body)))
+            if remaining == forward { context.fireChannelRead(NIOAny(HTTPServerRequestPart.end(nil))) }
+            return
         default:
             break
         }
+        hold(&buffer)
+        processPending(context)
+    }
+
+    /// Keeps received bytes until they are framed (dropped once the connection is closing).
+    private func hold(_ buffer: inout ByteBuffer) {
         if closing { return }
         if pending.readableBytes == 0 {
             pending = buffer
         } else {
             pending.writeBuffer(&buffer)
         }
-        processPending(context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -163,8 +177,9 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         context.fireChannelReadComplete()
         if case .gateway(0) = mode, pending.readableBytes <= Self.holdLimit, context.channel.isWritable {
-            // The codec's pipeline handler withholds reads while the gateway answers;
-            // the request is complete, so anything the client sends now is held here
+            // The gateway withholds reads while it waits for a backend connection (and,
+            // on a handed-over connection, so does the codec's pipelining handler); the
+            // request is complete, so anything the client sends now is held here
             // (bounded by holdLimit). Asking for it keeps the socket's read interest,
             // instead of dropping and re-adding it (two epoll_ctl calls) per request.
             context.read()
@@ -179,8 +194,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             // Graceful shutdown: no new requests are framed. Close now if idle, else
-            // after the native answer in progress; the codec's pipeline handler does
-            // the same for a request with the gateway.
+            // after the answer in progress (`gatewayResponseFinished` for the gateway's;
+            // on a handed-over connection, the codec's pipeline handler does it).
             quiescing = true
             if case .fast = mode {
                 if !nativeInFlight { context.close(promise: nil) }
@@ -224,7 +239,11 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Frames and serves what is buffered, until a request is incomplete or
     /// another party (an async handler, the gateway) has to answer first.
     private func processPending(_ context: ChannelHandlerContext) {
-        defer { resumeReading(context) }
+        framing = true
+        defer {
+            framing = false
+            resumeReading(context)
+        }
         while case .fast = mode, !nativeInFlight, !closing, !quiescing, pending.readableBytes > 0 {
             let scan = pending.withUnsafeReadableBytes { bytes in
                 HTTP1RequestHead.scan(bytes, fields: &fields, maxFields: maxHeaderFields)
@@ -246,10 +265,10 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 case .native(let found): call = found
                 case .noNativeRoute:
                     toGateway(head, context, noNativeRoute: true)
-                    return
+                    continue  // framing goes on if the gateway has answered already
                 case .gatewayDecides:
                     toGateway(head, context, noNativeRoute: false)
-                    return
+                    continue
                 }
                 progressed = true
                 guard pending.readableBytes >= head.length + head.contentLength else { return }  // the body is on its way
@@ -258,27 +277,54 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Gives the rest of the connection to the codec.
+    /// Gives the rest of the connection to NIO's codec, which joins the pipeline behind this handler.
     private func handOver(_ context: ChannelHandlerContext) {
         mode = .passthrough
+        do {
+            try HTTPPipelines.addHTTP1Decoding(context.pipeline.syncOperations, after: self, decoderLimits: decoderLimits)
+        } catch {
+            shared.logger.error("could not add the HTTP/1 decoder; closing the connection", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
         let bytes = pending
         pending = ByteBuffer()
         context.fireChannelRead(wrapInboundOut(bytes))
         if !inReadBatch { context.fireChannelReadComplete() }
     }
 
-    /// Hands one request (its head and as much of its body as is here) to the codec and the gateway.
+    /// Gives one request to the gateway: its head, as much of its body as is here,
+    /// and its end if the body is complete (the rest of the body follows as it arrives).
     private func toGateway(_ head: HTTP1RequestHead, _ context: ChannelHandlerContext, noNativeRoute: Bool) {
-        let total = head.length + head.contentLength
-        let available = min(total, pending.readableBytes)
-        let request = pending.readSlice(length: available)!
-        progressed = true
+        let requestHead = makeRequestHead(head)
+        pending.moveReaderIndex(forwardBy: head.length)
+        let available = min(head.contentLength, pending.readableBytes)
+        let body = available > 0 ? pending.readSlice(length: available) : nil
         if pending.readableBytes == 0 { pending = ByteBuffer() }
-        mode = .gateway(bodyRemaining: total - available)
+        let remaining = head.contentLength - available
+        progressed = true
+        mode = .gateway(bodyRemaining: remaining)
         handedOverWithoutNativeRoute = noNativeRoute
-        context.fireChannelRead(wrapInboundOut(request))
+        context.fireChannelRead(NIOAny(HTTPServerRequestPart.head(requestHead)))
         handedOverWithoutNativeRoute = false
+        if let body { context.fireChannelRead(NIOAny(HTTPServerRequestPart.body(body))) }
+        if remaining == 0 { context.fireChannelRead(NIOAny(HTTPServerRequestPart.end(nil))) }
         if !inReadBatch { context.fireChannelReadComplete() }
+    }
+
+    /// The gateway's view of a framed head: NIO's `HTTPRequestHead`, with the fields as they came.
+    private func makeRequestHead(_ head: HTTP1RequestHead) -> HTTPRequestHead {
+        pending.withUnsafeReadableBytes { bytes in
+            func string(_ range: Range<Int>) -> String {
+                String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
+            }
+            var headers: [(String, String)] = []
+            headers.reserveCapacity(fields.count)
+            for field in fields { headers.append((string(field.name), string(field.value))) }
+            return HTTPRequestHead(
+                version: HTTPVersion(major: 1, minor: head.minorVersion), method: HTTPMethod(rawValue: string(head.method)),
+                uri: string(head.target), headers: HTTPHeaders(headers))
+        }
     }
 
     /// Whether the request the gateway is reading now was found to have no native
@@ -286,17 +332,20 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var requestHasNoNativeRoute: Bool { handedOverWithoutNativeRoute }
 
     /// Called by the gateway when it has written the whole response to a request
-    /// this handler gave it: framing resumes here with whatever the client sent since.
+    /// this handler gave it (and keeps the connection): framing resumes here with
+    /// whatever the client sent since.
     func gatewayResponseFinished() {
-        guard case .gateway(let remaining) = mode, let context, !quiescing else { return }
-        guard remaining == 0 else {
-            // Answered before its body arrived (the gateway closes such connections
-            // anyway): the codec keeps the connection.
-            handOver(context)
+        guard case .gateway(let remaining) = mode, let context else { return }
+        guard remaining == 0, !quiescing else {
+            // Shutting down, or answered before the body arrived (the gateway closes
+            // such connections itself): close once the answer is out.
+            closing = true
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in bound.value.close(promise: nil) }
             return
         }
         mode = .fast
-        processPending(context)
+        if !framing { processPending(context) }
     }
 
     // MARK: native requests

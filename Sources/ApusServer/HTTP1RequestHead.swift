@@ -1,3 +1,5 @@
+import ApusProxy
+
 /// One HTTP/1.1 request head, located in place in the bytes it was parsed from
 /// (every range is an offset from the start of those bytes).
 ///
@@ -108,7 +110,7 @@ struct HTTP1RequestHead {
 
             switch classify(bytes, name) {
             case .contentLength:
-                guard !sawContentLength, let length = decimal(bytes, value) else { return .unframeable }
+                guard !sawContentLength, let length = HeaderRules.decimal(bytes, value) else { return .unframeable }
                 sawContentLength = true
                 head.contentLength = length
             case .transferEncoding, .upgrade:
@@ -165,18 +167,6 @@ struct HTTP1RequestHead {
         case 12: return HeaderRules.equalsLowercase(bytes[name], "x-request-id") ? .requestID : .other
         default: return .other
         }
-    }
-
-    /// A `Content-Length` value: 1–15 digits and nothing else.
-    private static func decimal(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
-        guard !range.isEmpty, range.count <= 15 else { return nil }
-        var value = 0
-        for index in range {
-            let digit = bytes[index] &- 0x30
-            guard digit < 10 else { return nil }
-            value = value * 10 + Int(digit)
-        }
-        return value
     }
 
     /// The comma-separated tokens of a list value, without surrounding whitespace.

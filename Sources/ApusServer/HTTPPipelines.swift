@@ -23,9 +23,11 @@ struct PipelineSettings: Sendable {
 /// response parts by `HTTP2FramePayloadToHTTP1ServerCodec`, so routing, native
 /// handlers and proxying are written once.
 enum HTTPPipelines {
-    /// HTTP/1.1: the front handler, which frames requests and answers native
-    /// routes itself, then NIO's codec with pipelining assistance and
-    /// protocol-error answers for everything it hands on.
+    /// HTTP/1.1: the front handler, which frames requests, answers native routes
+    /// itself and gives every other request to the gateway as HTTP parts; Apus's
+    /// response encoder for what the gateway answers. NIO's request decoder joins
+    /// only when the front handler meets a request it does not frame
+    /// (`addHTTP1Decoding`).
     static func configureHTTP1(
         _ channel: any Channel, loop: NIOLoopBound<LoopState>, shared: GatewayShared, settings: PipelineSettings
     ) throws {
@@ -33,10 +35,8 @@ enum HTTPPipelines {
         let peer = PeerFacts(channel.remoteAddress, shared: shared)
         let front = HTTP1FrontHandler(
             loop: loop.value, shared: shared, client: peer.description, keepAliveTimeout: settings.keepAliveTimeout,
-            maxHeadBytes: settings.maxHeadBytes)
-        try sync.addHandler(front)
-        try addHTTP1Codec(sync, decoderLimits: settings.decoderLimits)
-        try sync.addHandler(ConnectionMetricsHandler(http2: false))
+            maxHeadBytes: settings.maxHeadBytes, decoderLimits: settings.decoderLimits)
+        try sync.addHandlers([front, HTTP1ResponseEncoder(), ConnectionMetricsHandler(http2: false)])
         try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer, front: front))
     }
 
@@ -52,6 +52,20 @@ enum HTTPPipelines {
             HTTPServerPipelineHandler(),
             HTTPServerProtocolErrorHandler(),
         ])
+    }
+
+    /// Completes an HTTP/1.1 pipeline into `addHTTP1Codec`'s when the front handler
+    /// hands the connection over: the decoder right behind the front handler, the
+    /// pipelining and protocol-error handlers behind the response encoder (they
+    /// work on response parts, so they must see them before it encodes them).
+    static func addHTTP1Decoding(
+        _ sync: ChannelPipeline.SynchronousOperations, after front: HTTP1FrontHandler, decoderLimits: NIOHTTPDecoderLimitConfiguration
+    ) throws {
+        try sync.addHandler(
+            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits)),
+            position: .after(front))
+        let encoder = try sync.handler(type: HTTP1ResponseEncoder.self)
+        try sync.addHandlers([HTTPServerPipelineHandler(), HTTPServerProtocolErrorHandler()], position: .after(encoder))
     }
 
     /// HTTP/2: flow control and stream limits from NIOHTTP2 (including its

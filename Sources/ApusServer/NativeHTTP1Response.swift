@@ -1,3 +1,4 @@
+import ApusProxy
 import CApusABI
 import Logging
 import NIOCore

@@ -229,3 +229,62 @@ def test_gunicorn_wsgi_backend(gateway_factory, gunicorn_backend):
     headers = httpx.get(f"{gateway.url}/headers").json()["headers"]
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert httpx.get(f"{gateway.url}/orderbook/ACME").status_code == 200
+
+
+@pytest.fixture
+def raw_backend_gateway(tmp_path, gateway_factory, processes):
+    """A gateway in front of raw_response_backend.py, which answers each path with fixed bytes."""
+    import sys
+    from pathlib import Path
+    from conftest import Managed, can_connect_unix, wait_for
+    socket_path = str(tmp_path / "raw.sock")
+    backend = Managed([sys.executable, str(Path(__file__).with_name("raw_response_backend.py")), socket_path],
+                      tmp_path, tmp_path / "raw-backend.log").start()
+    processes.append(backend)
+    wait_for(lambda: can_connect_unix(socket_path), 10, "raw backend")
+    return gateway_factory(f"unix:{socket_path}")
+
+
+def test_backend_responses_framed_by_close_by_chunks_with_trailers_or_by_bare_lf_arrive_whole(raw_backend_gateway):
+    gateway = raw_backend_gateway
+    response = httpx.get(f"{gateway.url}/until-close")
+    assert response.status_code == 200 and response.text == "body framed by the end of the connection"
+    response = httpx.get(f"{gateway.url}/bare-lf")
+    assert response.status_code == 200 and response.text == "bare lf" and response.headers["x-shape"] == "bare-lf"
+    response = httpx.get(f"{gateway.url}/interim")
+    assert response.status_code == 200 and response.text == "final"
+    # An unknown status code keeps the backend's reason phrase.
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET /custom-reason HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 299 Mostly Fine\r\n") and data.endswith(b"\r\n\r\nok"), data
+    # Chunked with an extension and a trailer: the body and the trailer reach the client.
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET /trailers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower(), data
+    assert b"chunk1" in body and b"chunk2" in body and body.endswith(b"0\r\nX-Checksum: abc123\r\n\r\n"), data
+
+
+def test_a_malformed_backend_response_gets_502_with_the_reason_and_the_gateway_keeps_serving(raw_backend_gateway):
+    gateway = raw_backend_gateway
+    reasons = {
+        "/obs-fold": "folded over lines",
+        "/cl-and-te": "both Content-Length and Transfer-Encoding",
+        "/two-lengths": "more than one Content-Length",
+        "/not-http": "status line",
+    }
+    for path, reason in reasons.items():
+        response = httpx.get(f"{gateway.url}{path}")
+        assert response.status_code == 502, (path, response.text)
+        assert "backend sent an invalid response" in response.json()["error"] and reason in response.json()["error"]
+        assert reason in gateway.log()
+    # A chunk that breaks after the head went out: the client's connection is closed, not left hanging.
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(f"{gateway.url}/bad-chunk")
+    assert httpx.get(f"{gateway.url}/until-close").status_code == 200
