@@ -308,13 +308,13 @@ enum ResponseHeadScanner {
         }
         for field in fields {
             switch field.name.count {
-            case 14 where HeaderRules.equalsLowercase(bytes[field.name], "content-length"):
+            case 14 where HTTPSyntax.equalsLowercase(bytes, field.name, "content-length"):
                 guard head.contentLength == nil else { return .invalid("the response has more than one Content-Length") }
-                guard let length = HeaderRules.decimal(bytes, field.value) else {
+                guard let length = HTTPSyntax.decimal(bytes, field.value) else {
                     return .invalid("the response's Content-Length is not a number")
                 }
                 head.contentLength = length
-            case 17 where HeaderRules.equalsLowercase(bytes[field.name], "transfer-encoding"):
+            case 17 where HTTPSyntax.equalsLowercase(bytes, field.name, "transfer-encoding"):
                 head.transferEncoding = true
                 head.chunked = endsWithChunked(bytes, field.value)
             default:
@@ -339,7 +339,7 @@ enum ResponseHeadScanner {
                 return .complete(after)
             }
             let nameStart = index
-            while index < bytes.count, HeaderRules.isTokenByte(bytes[index]) { index += 1 }
+            while index < bytes.count, HTTPSyntax.isTokenByte(bytes[index]) { index += 1 }
             guard index < bytes.count else { return .incomplete }
             guard bytes[index] == 0x3A, index > nameStart else {
                 return .invalid(
@@ -434,6 +434,6 @@ enum ResponseHeadScanner {
         while end > range.lowerBound, bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09 || bytes[end - 1] == 0x2C { end -= 1 }
         var start = end
         while start > range.lowerBound, bytes[start - 1] != 0x2C, bytes[start - 1] != 0x20, bytes[start - 1] != 0x09 { start -= 1 }
-        return HeaderRules.equalsLowercase(bytes[start..<end], "chunked")
+        return HTTPSyntax.equalsLowercase(bytes, start..<end, "chunked")
     }
 }

@@ -110,7 +110,7 @@ struct HTTP1RequestHead {
 
             switch classify(bytes, name) {
             case .contentLength:
-                guard !sawContentLength, let length = HeaderRules.decimal(bytes, value) else { return .unframeable }
+                guard !sawContentLength, let length = HTTPSyntax.decimal(bytes, value) else { return .unframeable }
                 sawContentLength = true
                 head.contentLength = length
             case .transferEncoding, .upgrade:

@@ -1,4 +1,3 @@
-import ApusProxy
 import CApusABI
 import Logging
 import NIOCore

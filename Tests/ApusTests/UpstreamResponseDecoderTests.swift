@@ -1,4 +1,5 @@
 @testable import ApusProxy
+@testable import ApusServer
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -143,5 +144,19 @@ struct UpstreamResponseDecoderTests {
             return
         }
         #expect(message.contains("80 KiB"))
+    }
+
+    @Test func byteRulesAgreeWithTheFrontHandlers() {
+        for byte in UInt8.min...UInt8.max {
+            #expect(HTTPSyntax.isTokenByte(byte) == HeaderRules.isTokenByte(byte), "byte \(byte)")
+        }
+        let bytes = Array("Content-LENGTH chunked CHUNKEd chunkeD@".utf8)
+        bytes.withUnsafeBytes { raw in
+            #expect(HTTPSyntax.equalsLowercase(raw, 0..<14, "content-length"))
+            #expect(HTTPSyntax.equalsLowercase(raw, 15..<22, "chunked"))
+            #expect(HTTPSyntax.equalsLowercase(raw, 23..<30, "chunked"))
+            #expect(!HTTPSyntax.equalsLowercase(raw, 31..<39, "chunked`"))  // "@" is not an upper-case "`"
+            #expect(!HTTPSyntax.equalsLowercase(raw, 31..<38, "chunkee"))
+        }
     }
 }
