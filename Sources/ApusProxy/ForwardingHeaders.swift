@@ -1,7 +1,7 @@
 import NIOCore
 import NIOHTTP1
 
-/// Header rules shared by requests and responses crossing the proxy.
+/// Hop-by-hop rules shared by requests and responses crossing the proxy.
 public enum HopByHop {
     /// Whether `name` is a hop-by-hop field (RFC 9110 7.6.1) or a legacy one proxies still see.
     /// Decided by length first, so most names cost one comparison of their length.
@@ -29,15 +29,6 @@ public enum HopByHop {
             }
         }
         return named
-    }
-
-    /// Removes hop-by-hop fields and every field named in `Connection`.
-    public static func strip(_ headers: inout HTTPHeaders) {
-        guard headers.contains(where: { isHopByHop($0.name) }) else { return }
-        let named = connectionNamed(headers)
-        headers = HTTPHeaders(headers.filter { field in
-            !isHopByHop(field.name) && !named.contains { equalsIgnoringCase(field.name, $0) }
-        })
     }
 }
 
@@ -79,7 +70,9 @@ public func makeUpstreamHead(_ head: HTTPRequestHead, requestID: String, client:
         equalsIgnoringCase(field.name, "transfer-encoding")
             && field.value.split(separator: ",").contains { equalsIgnoringCase("chunked", $0.filter { $0 != " " && $0 != "\t" }) }
     }
-    var headers = HTTPHeaders()
+    // Collected as pairs and made `HTTPHeaders` once: `HTTPHeaders.add` re-checks every
+    // name (ASCII, `connection`), and these names were checked where they entered.
+    var headers: [(String, String)] = []
     headers.reserveCapacity(head.headers.count + 4)
     var priorFor: [String] = []
     var host: String?
@@ -108,29 +101,36 @@ public func makeUpstreamHead(_ head: HTTPRequestHead, requestID: String, client:
         default:
             break
         }
-        headers.add(name: name, value: value)
+        headers.append((name, value))
     }
-    if chunked { headers.add(name: "transfer-encoding", value: "chunked") }
+    if chunked { headers.append(("transfer-encoding", "chunked")) }
     let prior = priorFor.joined(separator: ", ")
     if client.peerIsTrusted && !prior.isEmpty {
-        headers.add(name: "x-forwarded-for", value: client.peerAddress.isEmpty ? prior : "\(prior), \(client.peerAddress)")
+        headers.append(("x-forwarded-for", client.peerAddress.isEmpty ? prior : "\(prior), \(client.peerAddress)"))
     } else if !client.peerAddress.isEmpty {
-        headers.add(name: "x-forwarded-for", value: client.peerAddress)
+        headers.append(("x-forwarded-for", client.peerAddress))
     }
-    if !keptProto { headers.add(name: "x-forwarded-proto", value: client.scheme) }
-    if !keptHost, let host { headers.add(name: "x-forwarded-host", value: host) }
-    headers.add(name: "x-request-id", value: requestID)
-    return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
+    if !keptProto { headers.append(("x-forwarded-proto", client.scheme)) }
+    if !keptHost, let host { headers.append(("x-forwarded-host", host)) }
+    headers.append(("x-request-id", requestID))
+    return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: HTTPHeaders(headers))
 }
 
 /// Prepares a backend response head for the client: hop-by-hop fields removed
-/// (the client connection's own framing is the encoder's job) and the request id added.
+/// (the client connection's own framing is the encoder's job) and the request id
+/// set, in one pass over the backend's fields.
 public func makeDownstreamHead(
     _ head: HTTPResponseHead, version: HTTPVersion, requestID: String, keepAlive: Bool
 ) -> HTTPResponseHead {
-    var headers = head.headers
-    HopByHop.strip(&headers)
-    headers.replaceOrAdd(name: "x-request-id", value: requestID)
-    if !keepAlive { headers.add(name: "connection", value: "close") }
-    return HTTPResponseHead(version: version, status: head.status, headers: headers)
+    let named = HopByHop.connectionNamed(head.headers)
+    var headers: [(String, String)] = []
+    headers.reserveCapacity(head.headers.count + 2)
+    for (name, value) in head.headers {
+        if HopByHop.isHopByHop(name) || named.contains(where: { equalsIgnoringCase(name, $0) }) { continue }
+        if name.utf8.count == 12 && equalsIgnoringCase(name, "x-request-id") { continue }
+        headers.append((name, value))
+    }
+    headers.append(("x-request-id", requestID))
+    if !keepAlive { headers.append(("connection", "close")) }
+    return HTTPResponseHead(version: version, status: head.status, headers: HTTPHeaders(headers))
 }
