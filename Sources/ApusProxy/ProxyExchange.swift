@@ -66,11 +66,11 @@ public final class ProxyExchange: UpstreamDelegate {
         self.downstream = downstream
     }
 
-    /// Gets a connection and sends the request head (and any queued body).
-    public func start() {
+    /// Gets a connection (a new one when `fresh`) and sends the request head (and any queued body).
+    public func start(fresh: Bool = false) {
         downstream?.proxySetRequestReading(false)
         let exchange = NIOLoopBound(self, eventLoop: pool.eventLoop)
-        pool.acquire().whenComplete { result in
+        pool.acquire(fresh: fresh).whenComplete { result in
             let exchange = exchange.value
             switch result {
             case .success(let connection): exchange.connected(connection)
@@ -200,7 +200,7 @@ public final class ProxyExchange: UpstreamDelegate {
                 responseDeadline = nil
                 state = .connecting
                 if requestComplete { queued.append(.end(nil)) }
-                start()
+                start(fresh: true)
                 return
             }
             fail(.closedEarly)

@@ -116,9 +116,13 @@ public final class UpstreamPool {
     public var openConnections: Int { open }
 
     /// Hands out an idle connection, or opens one, or queues when at the limit.
-    public func acquire() -> EventLoopFuture<UpstreamConnection> {
+    /// `fresh` skips the idle ones while below the limit: a retry after a pooled
+    /// connection turned out closed must not meet another (a backend closes idle
+    /// connections in batches, after its own keep-alive timeout).
+    public func acquire(fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
         eventLoop.preconditionInEventLoop()
         if isShutDown { return eventLoop.makeFailedFuture(UpstreamError.poolShutDown) }
+        if fresh && open < settings.maxConnections { return connect() }
         while let connection = idle.popLast() {
             if connection.channel.isActive {
                 connection.isReused = true

@@ -1,6 +1,9 @@
 """A raw HTTP/1.1 backend on a Unix socket that answers each path with fixed
 bytes, well-formed or not, so tests can check how the gateway reads backend
-responses. One request per connection; the connection closes after the answer.
+responses. The connection closes after the answer, except for
+/keepalive-once: answered after 0.3 s and kept open, and the next request on that
+connection is met by closing it (what a backend does when its keep-alive timeout
+ends just as a request arrives).
 """
 
 import asyncio
@@ -26,8 +29,14 @@ ANSWERS = {
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     head = await reader.readuntil(b"\r\n\r\n")
     path = head.split(b" ", 2)[1]
-    writer.write(ANSWERS.get(path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
-    await writer.drain()
+    if path == b"/keepalive-once":
+        await asyncio.sleep(0.3)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+    else:
+        writer.write(ANSWERS.get(path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
+        await writer.drain()
     writer.close()
 
 

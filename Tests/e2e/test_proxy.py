@@ -242,7 +242,8 @@ def raw_backend_gateway(tmp_path, gateway_factory, processes):
                       tmp_path, tmp_path / "raw-backend.log").start()
     processes.append(backend)
     wait_for(lambda: can_connect_unix(socket_path), 10, "raw backend")
-    return gateway_factory(f"unix:{socket_path}")
+    # One event loop, so one backend pool: the stale-connection test needs its connections in the same pool.
+    return gateway_factory(f"unix:{socket_path}", server_extra="workers = 1")
 
 
 def test_backend_responses_framed_by_close_by_chunks_with_trailers_or_by_bare_lf_arrive_whole(raw_backend_gateway):
@@ -288,3 +289,15 @@ def test_a_malformed_backend_response_gets_502_with_the_reason_and_the_gateway_k
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.get(f"{gateway.url}/bad-chunk")
     assert httpx.get(f"{gateway.url}/until-close").status_code == 200
+
+
+def test_a_request_on_a_pooled_connection_the_backend_closed_is_retried_on_a_new_one(raw_backend_gateway):
+    from concurrent.futures import ThreadPoolExecutor
+    gateway = raw_backend_gateway
+    # Two requests at once leave two pooled connections, each of which the backend closes instead of answering again.
+    with ThreadPoolExecutor(2) as pool:
+        statuses = list(pool.map(lambda _: httpx.get(f"{gateway.url}/keepalive-once").status_code, range(2)))
+    assert statuses == [200, 200]
+    # The retry must not take the other stale connection.
+    response = httpx.get(f"{gateway.url}/keepalive-once")
+    assert response.status_code == 200 and response.text == "ok"
