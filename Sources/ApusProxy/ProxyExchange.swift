@@ -96,8 +96,6 @@ public final class ProxyExchange: UpstreamDelegate {
         pool.track(self)
         if requestComplete { armResponseTimer() }
         downstream?.proxySetRequestReading(channel.isWritable)
-        // Pooled connections were read-paused when released; make sure the response is read.
-        channel.read()
     }
 
     // MARK: request side (called by the gateway's connection handler)

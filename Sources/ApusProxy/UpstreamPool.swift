@@ -185,6 +185,9 @@ public final class UpstreamPool {
             connection.channel.close(promise: nil)
             return
         }
+        // A read held back for a slow client resumes: a pooled connection must notice the
+        // backend closing it, and the next exchange must get its response.
+        connection.handler.resumeReading()
         if let waiter = waiters.first {
             waiters.removeFirst()
             connection.isReused = true

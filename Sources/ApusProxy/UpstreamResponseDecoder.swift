@@ -350,15 +350,13 @@ enum ResponseHeadScanner {
             index += 1
             while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 }
             let valueStart = index
-            var valueEnd = index
-            while index < bytes.count, bytes[index] != cr, bytes[index] != lf {
-                let byte = bytes[index]
-                guard isFieldValueByte(byte) else { return .invalid("a response header value has a control byte") }
-                index += 1
-                if byte != 0x20 && byte != 0x09 { valueEnd = index }
-            }
+            while index < bytes.count, isFieldValueByte(bytes[index]) { index += 1 }
+            guard index < bytes.count else { return .incomplete }
+            guard bytes[index] == cr || bytes[index] == lf else { return .invalid("a response header value has a control byte") }
             guard let after = lineEnd(bytes, index) else { return .incomplete }
             guard after > 0 else { return .invalid("a response header line has a CR without LF") }
+            var valueEnd = index
+            while valueEnd > valueStart, bytes[valueEnd - 1] == 0x20 || bytes[valueEnd - 1] == 0x09 { valueEnd -= 1 }
             fields.append(Field(name: name, value: valueStart..<valueEnd))
             index = after
         }

@@ -94,16 +94,21 @@ struct HTTP1RequestHead {
             index += 1
             while index < end, bytes[index] == space || bytes[index] == tab { index += 1 }
             let valueStart = index
-            var valueEnd = index
+            // Visible bytes, obs-text and spaces run on; anything else is looked at once.
             while index < end {
                 let byte = bytes[index]
-                if byte == cr { break }
-                guard byte >= space || byte == tab, byte != 0x7F else { return .unframeable }
-                index += 1
-                if byte != space && byte != tab { valueEnd = index }
+                if byte >= space && byte != 0x7F || byte == tab {
+                    index += 1
+                } else if byte == cr {
+                    break
+                } else {
+                    return .unframeable
+                }
             }
             guard index + 1 < end else { return .incomplete }
             guard bytes[index + 1] == lf else { return .unframeable }
+            var valueEnd = index
+            while valueEnd > valueStart, bytes[valueEnd - 1] == space || bytes[valueEnd - 1] == tab { valueEnd -= 1 }
             let value = valueStart..<valueEnd
             index += 2
             fields.append(Field(name: name, value: value))
