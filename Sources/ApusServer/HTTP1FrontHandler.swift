@@ -281,7 +281,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func handOver(_ context: ChannelHandlerContext) {
         mode = .passthrough
         do {
-            try HTTPPipelines.addHTTP1Decoding(context.pipeline.syncOperations, after: self, decoderLimits: decoderLimits)
+            try HTTPPipelines.addHTTP1Decoding(
+                context.pipeline.syncOperations, decoderPosition: .after(self), decoderLimits: decoderLimits)
         } catch {
             shared.logger.error("could not add the HTTP/1 decoder; closing the connection", metadata: ["error": "\(error)"])
             context.close(promise: nil)

@@ -40,30 +40,21 @@ enum HTTPPipelines {
         try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer, front: front))
     }
 
-    /// NIO's server codec (llhttp, pipelining assistance, protocol-error answers) with
-    /// Apus's response encoder, which writes a head in one pass, and without outbound
-    /// header validation: every header this pipeline writes was already checked where
-    /// it came from (llhttp for backend responses, `HeaderRules` for native answers, the
-    /// gateway's own values), and NIO's check scanned every byte again.
-    static func addHTTP1Codec(_ sync: ChannelPipeline.SynchronousOperations, decoderLimits: NIOHTTPDecoderLimitConfiguration) throws {
-        try sync.addHandlers([
-            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits)),
-            HTTP1ResponseEncoder(),
-            HTTPServerPipelineHandler(),
-            HTTPServerProtocolErrorHandler(),
-        ])
-    }
-
-    /// Completes an HTTP/1.1 pipeline into `addHTTP1Codec`'s when the front handler
-    /// hands the connection over: the decoder right behind the front handler, the
-    /// pipelining and protocol-error handlers behind the response encoder (they
-    /// work on response parts, so they must see them before it encodes them).
+    /// Adds NIO's request decoder (llhttp), pipelining assistance and protocol-error
+    /// answers to an HTTP/1.1 pipeline that has Apus's response encoder: the front
+    /// handler does this when it hands a connection over, with the decoder right
+    /// behind itself. The pipelining and protocol-error handlers go behind the
+    /// response encoder (they work on response parts, so they must see them before
+    /// it encodes them). No outbound header validation: every header this pipeline
+    /// writes was already checked where it came from (the backend response decoder,
+    /// `HeaderRules` for native answers, the gateway's own values).
     static func addHTTP1Decoding(
-        _ sync: ChannelPipeline.SynchronousOperations, after front: HTTP1FrontHandler, decoderLimits: NIOHTTPDecoderLimitConfiguration
+        _ sync: ChannelPipeline.SynchronousOperations, decoderPosition: ChannelPipeline.SynchronousOperations.Position,
+        decoderLimits: NIOHTTPDecoderLimitConfiguration
     ) throws {
         try sync.addHandler(
             ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits)),
-            position: .after(front))
+            position: decoderPosition)
         let encoder = try sync.handler(type: HTTP1ResponseEncoder.self)
         try sync.addHandlers([HTTPServerPipelineHandler(), HTTPServerProtocolErrorHandler()], position: .after(encoder))
     }

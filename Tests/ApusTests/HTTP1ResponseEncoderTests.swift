@@ -12,7 +12,9 @@ struct HTTP1ResponseEncoderTests {
     func bytes(apus: Bool, request: String, parts: [HTTPServerResponsePart]) throws -> [UInt8] {
         let channel = EmbeddedChannel()
         if apus {
-            try HTTPPipelines.addHTTP1Codec(channel.pipeline.syncOperations, decoderLimits: .init())
+            // What a connection the front handler handed over has behind it.
+            try channel.pipeline.syncOperations.addHandler(HTTP1ResponseEncoder())
+            try HTTPPipelines.addHTTP1Decoding(channel.pipeline.syncOperations, decoderPosition: .first, decoderLimits: .init())
         } else {
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                 withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: true,
