@@ -14,11 +14,11 @@ struct UpstreamResponseError: Error, Sendable, CustomStringConvertible {
 ///
 /// It reads what an HTTP/1.1 origin server sends (RFC 9112): a status line, header
 /// lines, and a body framed by `Transfer-Encoding: chunked` (with trailers), by
-/// `Content-Length`, or by the end of the connection; no body for `HEAD`, 1xx, 204
-/// and 304; interim 1xx answers are dropped. Lines may end in CRLF or a bare LF;
+/// `Content-Length`, or by the end of the connection; no body for `HEAD`, 204 and
+/// 304; interim 1xx answers are dropped. Lines may end in CRLF or a bare LF;
 /// header values lose surrounding whitespace (RFC 9110, 5.5; llhttp kept trailing
-/// whitespace). Bodies go on as slices of the
-/// received bytes, not copies. What a mature proxy refuses from a backend, it
+/// whitespace). Bodies go on as slices of the received bytes, not copies.
+/// What a mature proxy refuses from a backend, it
 /// refuses (nginx does the same): obs-fold, control bytes, both `Content-Length`
 /// and `Transfer-Encoding`, more than one `Content-Length`, a head over 80 KiB
 /// (NIO's limit for responses), a `101` nobody asked for, and bytes that answer
