@@ -18,6 +18,12 @@ public enum HopByHop {
         }
     }
 
+    /// Whether a field stops at this hop: hop-by-hop, or among the names the
+    /// message's `Connection` headers list (`named`, from `connectionNamed`).
+    static func stopsHere(_ name: String, named: [Substring]) -> Bool {
+        isHopByHop(name) || named.contains { equalsIgnoringCase(name, $0) }
+    }
+
     /// The field names a message's `Connection` headers list (they are hop-by-hop too).
     static func connectionNamed(_ headers: HTTPHeaders) -> [Substring] {
         var named: [Substring] = []
@@ -79,7 +85,7 @@ public func makeUpstreamHead(_ head: HTTPRequestHead, requestID: String, client:
     var keptProto = false
     var keptHost = false
     for (name, value) in head.headers {
-        if HopByHop.isHopByHop(name) || named.contains(where: { equalsIgnoringCase(name, $0) }) { continue }
+        if HopByHop.stopsHere(name, named: named) { continue }
         switch name.utf8.count {
         case 4 where equalsIgnoringCase(name, "host"):
             host = host ?? value
@@ -126,7 +132,7 @@ public func makeDownstreamHead(
     var headers: [(String, String)] = []
     headers.reserveCapacity(head.headers.count + 2)
     for (name, value) in head.headers {
-        if HopByHop.isHopByHop(name) || named.contains(where: { equalsIgnoringCase(name, $0) }) { continue }
+        if HopByHop.stopsHere(name, named: named) { continue }
         if name.utf8.count == 12 && equalsIgnoringCase(name, "x-request-id") { continue }
         headers.append((name, value))
     }

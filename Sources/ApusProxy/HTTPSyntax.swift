@@ -1,9 +1,38 @@
-/// Byte-level HTTP/1 syntax on raw bytes, non-generic so that callers in other
+import NIOHTTP1
+
+/// Byte-level HTTP/1 syntax on raw bytes, shared by the front handler's request
+/// parser and the backend response decoder; non-generic so that callers in other
 /// modules pay one plain call (a generic helper called across modules ran
 /// unspecialised: callgrind showed it at 2,000 instructions a request). The
 /// per-byte checks of the front handler's parser stay in `ApusServer`'s
 /// `HeaderRules`, inlined there.
 package enum HTTPSyntax {
+    /// A header line's name and value, as offsets into the bytes it was parsed
+    /// from (the value without surrounding whitespace).
+    package struct Field {
+        package var name: Range<Int>
+        package var value: Range<Int>
+
+        package init(name: Range<Int>, value: Range<Int>) {
+            self.name = name
+            self.value = value
+        }
+    }
+
+    /// The fields as NIO's `HTTPHeaders`, names and values as received (made once:
+    /// `HTTPHeaders.add` would check every name again).
+    package static func headers(_ bytes: UnsafeRawBufferPointer, _ fields: [Field]) -> HTTPHeaders {
+        var pairs: [(String, String)] = []
+        pairs.reserveCapacity(fields.count)
+        for field in fields { pairs.append((string(bytes, field.name), string(bytes, field.value))) }
+        return HTTPHeaders(pairs)
+    }
+
+    /// The bytes at `range` as a string (invalid UTF-8 repaired, as NIO's decoders do).
+    package static func string(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> String {
+        String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
+    }
+
     /// RFC 9110 `tchar` as a bit set over ASCII: `!#$%&'*+-.^_`|~`, digits and letters.
     private static let tokenBelow64: UInt64 = 0x03FF_6CFA_0000_0000
     private static let token64To127: UInt64 = 0x57FF_FFFF_C7FF_FFFE

@@ -155,8 +155,8 @@ final class UpstreamResponseDecoder: ChannelDuplexHandler, RemovableChannelHandl
         let response = buffered.withUnsafeReadableBytes { bytes in
             HTTPResponseHead(
                 version: HTTPVersion(major: 1, minor: head.minorVersion),
-                status: HTTPResponseStatus(statusCode: head.status, reasonPhrase: ResponseHeadScanner.string(bytes, head.reason)),
-                headers: ResponseHeadScanner.headers(bytes, fields))
+                status: HTTPResponseStatus(statusCode: head.status, reasonPhrase: HTTPSyntax.string(bytes, head.reason)),
+                headers: HTTPSyntax.headers(bytes, fields))
         }
         buffered.moveReaderIndex(forwardBy: head.length)
         if head.status < 200 {
@@ -211,7 +211,7 @@ final class UpstreamResponseDecoder: ChannelDuplexHandler, RemovableChannelHandl
             fail(context, reason)
             return false
         case .complete(let length):
-            let trailers = fields.isEmpty ? nil : buffered.withUnsafeReadableBytes { ResponseHeadScanner.headers($0, fields) }
+            let trailers = fields.isEmpty ? nil : buffered.withUnsafeReadableBytes { HTTPSyntax.headers($0, fields) }
             buffered.moveReaderIndex(forwardBy: length)
             state = .head
             context.fireChannelRead(wrapInboundOut(.end(trailers)))
@@ -232,10 +232,7 @@ private let lf: UInt8 = 0x0A
 /// The byte-level parsing behind `UpstreamResponseDecoder`, on raw bytes so that
 /// it costs no `ByteBuffer` call per byte.
 enum ResponseHeadScanner {
-    struct Field {
-        var name: Range<Int>
-        var value: Range<Int>
-    }
+    typealias Field = HTTPSyntax.Field
 
     struct Head {
         var minorVersion = 1
@@ -387,18 +384,6 @@ enum ResponseHeadScanner {
         guard let after = lineEnd(bytes, index) else { return .incomplete }
         guard after > 0 else { return .invalid("a response chunk-size line has a CR without LF") }
         return .complete(size: size, length: after)
-    }
-
-    /// The header fields as NIO's `HTTPHeaders`, names and values as received.
-    static func headers(_ bytes: UnsafeRawBufferPointer, _ fields: [Field]) -> HTTPHeaders {
-        var pairs: [(String, String)] = []
-        pairs.reserveCapacity(fields.count)
-        for field in fields { pairs.append((string(bytes, field.name), string(bytes, field.value))) }
-        return HTTPHeaders(pairs)
-    }
-
-    static func string(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> String {
-        String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
     }
 
     // MARK: bytes

@@ -1,4 +1,5 @@
 import ApusPlugins
+import ApusProxy
 import ApusRouting
 import CApusABI
 import NIOCore
@@ -316,15 +317,10 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The gateway's view of a framed head: NIO's `HTTPRequestHead`, with the fields as they came.
     private func makeRequestHead(_ head: HTTP1RequestHead) -> HTTPRequestHead {
         pending.withUnsafeReadableBytes { bytes in
-            func string(_ range: Range<Int>) -> String {
-                String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
-            }
-            var headers: [(String, String)] = []
-            headers.reserveCapacity(fields.count)
-            for field in fields { headers.append((string(field.name), string(field.value))) }
-            return HTTPRequestHead(
-                version: HTTPVersion(major: 1, minor: head.minorVersion), method: HTTPMethod(rawValue: string(head.method)),
-                uri: string(head.target), headers: HTTPHeaders(headers))
+            HTTPRequestHead(
+                version: HTTPVersion(major: 1, minor: head.minorVersion),
+                method: HTTPMethod(rawValue: HTTPSyntax.string(bytes, head.method)),
+                uri: HTTPSyntax.string(bytes, head.target), headers: HTTPSyntax.headers(bytes, fields))
         }
     }
 

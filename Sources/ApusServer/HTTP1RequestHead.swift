@@ -13,10 +13,7 @@ import ApusProxy
 /// they might not, this one steps aside instead of guessing.
 struct HTTP1RequestHead {
     /// A header line's name and value (value without surrounding whitespace).
-    struct Field {
-        var name: Range<Int>
-        var value: Range<Int>
-    }
+    typealias Field = HTTPSyntax.Field
 
     var method: Range<Int> = 0..<0
     var target: Range<Int> = 0..<0
