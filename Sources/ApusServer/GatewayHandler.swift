@@ -630,7 +630,7 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
     /// stripped with the hop-by-hop headers and proxied as plain requests.
     fileprivate func upgradeToken(_ head: HTTPRequestHead) -> String? {
         if head.version.major >= 2 {
-            guard head.method == .CONNECT, let token = head.headers.first(name: ExtendedConnectHandler.protocolHeader)?.lowercased(),
+            guard head.method == .CONNECT, let token = head.headers.first(name: HTTP2StreamCodec.protocolHeader)?.lowercased(),
                 shared.upgradeProtocols.contains(token)
             else { return nil }
             return token
@@ -652,7 +652,7 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
         if head.version.major >= 2 {
             // RFC 8441 towards an HTTP/1.1 backend: CONNECT + :protocol becomes GET + Upgrade.
             upstream.method = .GET
-            upstream.headers.remove(name: ExtendedConnectHandler.protocolHeader)
+            upstream.headers.remove(name: HTTP2StreamCodec.protocolHeader)
             upstream.headers.remove(name: "content-length")
             if !upstream.headers.contains(name: "sec-websocket-key") {
                 var key = [UInt8](repeating: 0, count: 16)

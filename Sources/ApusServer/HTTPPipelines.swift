@@ -1,7 +1,6 @@
 import Logging
 import NIOCore
 import NIOHTTP1
-import NIOHPACK
 import NIOHTTP2
 import NIOPosix
 import NIOSSL
@@ -20,7 +19,7 @@ struct PipelineSettings: Sendable {
 
 /// Builds the per-connection pipelines. HTTP/1.1 and HTTP/2 end in the same
 /// `GatewayHandler`: an HTTP/2 stream is turned into HTTP/1-style request and
-/// response parts by `HTTP2FramePayloadToHTTP1ServerCodec`, so routing, native
+/// response parts by `HTTP2StreamCodec`, so routing, native
 /// handlers and proxying are written once.
 enum HTTPPipelines {
     /// HTTP/1.1: the front handler, which frames requests, answers native routes
@@ -81,6 +80,8 @@ enum HTTPPipelines {
             HTTP2Setting(parameter: .enableConnectProtocol, value: 1),
         ]
         connection.targetWindowSize = 4 << 20
+        // HTTP2StreamCodec checks request header blocks in the pass that converts them.
+        connection.headerBlockValidation = .disabled
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = 1 << 20
         let sync = channel.pipeline.syncOperations
@@ -91,8 +92,7 @@ enum HTTPPipelines {
         ) { streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
                 let sync = streamChannel.pipeline.syncOperations
-                try sync.addHandler(ExtendedConnectHandler())
-                try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                try sync.addHandler(HTTP2StreamCodec())
                 try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer))
             }
         }
@@ -217,29 +217,5 @@ final class HTTPSRedirectHandler: ChannelInboundHandler {
                 context, to: head, status: valid ? .permanentRedirect : .badRequest,
                 headers: valid ? [("location", "https://\(authority)\(head.uri)")] : [], body: [])
         }
-    }
-}
-
-/// Keeps RFC 8441's `:protocol` pseudo-header, which the HTTP/2-to-HTTP/1
-/// codec drops, as a private regular header the gateway reads to tunnel a WebSocket.
-final class ExtendedConnectHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTP2Frame.FramePayload
-    typealias InboundOut = HTTP2Frame.FramePayload
-
-    /// Where `:protocol` goes; removed again before the request reaches the backend.
-    static let protocolHeader = "x-apus-h2-protocol"
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .headers(var headers) = unwrapInboundIn(data), let value = headers.headers.first(name: ":protocol") {
-            var rewritten = HPACKHeaders()
-            for field in headers.headers where field.name != ":protocol" && field.name != Self.protocolHeader {
-                rewritten.add(name: field.name, value: field.value, indexing: field.indexable)
-            }
-            rewritten.add(name: Self.protocolHeader, value: value)
-            headers.headers = rewritten
-            context.fireChannelRead(wrapInboundOut(.headers(headers)))
-            return
-        }
-        context.fireChannelRead(data)
     }
 }

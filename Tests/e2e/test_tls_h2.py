@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -86,6 +88,102 @@ def test_proxied_responses_on_h2_have_no_hop_by_hop_headers(gateway):
     headers = out.stdout.lower()
     assert headers.startswith("http/2 200")
     assert "transfer-encoding" not in headers and "connection:" not in headers and "keep-alive" not in headers
+
+
+def h2_exchange(sock, conn, request_headers):
+    """Sends one request on a raw h2 connection; returns (response headers, body)."""
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, request_headers, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events = read_events(sock, conn, lambda e: any(isinstance(x, h2.events.StreamEnded) and x.stream_id == stream
+                                                   for x in e))
+    response = next(x for x in events if isinstance(x, h2.events.ResponseReceived) and x.stream_id == stream)
+    body = b"".join(x.data for x in events if isinstance(x, h2.events.DataReceived) and x.stream_id == stream)
+    return dict((k.decode(), v.decode()) for k, v in response.headers), body
+
+
+def test_h2_cookie_crumbs_reach_the_backend_joined_and_a_spoofed_protocol_header_does_not(gateway):
+    # RFC 9113 8.2.3: browsers split Cookie into one field per crumb; an HTTP/1.1 backend
+    # must see one header, or frameworks that read the first one lose the rest.
+    sock, conn = h2_connection(gateway.port)
+    request = headers("/headers", gateway.port) + [("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2"),
+                                                   ("cookie", "c=3"), ("x-apus-h2-protocol", "websocket")]
+    status, body = h2_exchange(sock, conn, request)
+    seen = json.loads(body)["headers"]
+    assert status[":status"] == "200" and seen["cookie"] == "a=1; b=2; c=3", seen
+    assert "x-apus-h2-protocol" not in seen and seen["accept"] == "*/*"
+    sock.close()
+
+
+MALFORMED_H2_REQUESTS = {
+    "uppercase name": [("X-Upper", "1")],
+    "connection-specific field": [("connection", "keep-alive")],
+    "te other than trailers": [("te", "gzip")],
+    "CR LF in a value": [("x-injected", "a\r\nx-evil: 1")],
+    "pseudo-header after a regular field": [("accept", "*/*"), (":scheme", "http")],
+    "unknown pseudo-header": [(":status", "200")],
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_H2_REQUESTS) + ["no :path", ":protocol on GET", "two :path"])
+def test_malformed_h2_requests_reset_their_stream_and_spare_the_connection(gateway, case):
+    sock = socket.create_connection(("127.0.0.1", gateway.port))
+    sock.settimeout(5)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    request = headers("/headers", gateway.port) + MALFORMED_H2_REQUESTS.get(case, [])
+    if case == "no :path":
+        request = [field for field in request if field[0] != ":path"]
+    elif case == ":protocol on GET":
+        request.insert(1, (":protocol", "websocket"))
+    elif case == "two :path":
+        request.insert(1, (":path", "/other"))
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, request, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events = read_events(sock, conn, lambda e: any(isinstance(x, (h2.events.StreamReset, h2.events.ResponseReceived))
+                                                   for x in e))
+    resets = [x for x in events if isinstance(x, h2.events.StreamReset) and x.stream_id == stream]
+    assert resets and resets[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR, events
+    # The connection goes on: the next request on it is answered.
+    response, body = h2_exchange(sock, conn, headers("/hello/again", gateway.port))
+    assert response[":status"] == "200" and b"again" in body
+    sock.close()
+
+
+def test_h2_request_trailers_and_a_valid_extended_set_of_fields_pass(gateway):
+    sock, conn = h2_connection(gateway.port)
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, [(":method", "POST"), (":path", "/upload"), (":scheme", "http"),
+                               (":authority", f"127.0.0.1:{gateway.port}"), ("te", "trailers"),
+                               ("x-odd_but.valid~name!", "v")])
+    conn.send_data(stream, b"x" * 1000)
+    conn.send_headers(stream, [("x-checksum", "done")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events = read_events(sock, conn, lambda e: any(isinstance(x, (h2.events.StreamEnded, h2.events.StreamReset))
+                                                   for x in e))
+    response = next(x for x in events if isinstance(x, h2.events.ResponseReceived))
+    body = b"".join(x.data for x in events if isinstance(x, h2.events.DataReceived))
+    assert dict(response.headers)[b":status"] == b"200" and b"1000" in body, body
+    sock.close()
+
+
+def test_h2_responses_index_only_repeating_headers(gateway):
+    # Per-response values (x-request-id, content-length) must not churn the client's
+    # HPACK dynamic table; repeating ones (content-type) are indexed once and reused.
+    sock, conn = h2_connection(gateway.port)
+    ids = set()
+    for n in range(1, 6):
+        response, body = h2_exchange(sock, conn, headers(f"/orderbook/ACME?n={n}", gateway.port))
+        assert response[":status"] == "200" and len(body) == int(response["content-length"])
+        ids.add(response["x-request-id"])
+    assert len(ids) == 5
+    table = [(name.decode(), value.decode()) for name, value in conn.decoder.header_table.dynamic_entries]
+    assert ("content-type", "application/json") in table, table
+    assert not any(name in ("x-request-id", "content-length", "date") for name, _ in table), table
+    sock.close()
 
 
 def test_many_concurrent_h2_streams_with_large_bodies(tls_gateway, pki):

@@ -1,0 +1,275 @@
+import NIOCore
+import NIOHPACK
+import NIOHTTP1
+import NIOHTTP2
+
+/// Turns one HTTP/2 stream's frames into the HTTP/1-style request parts the
+/// gateway reads, and the gateway's response parts into frames. It replaces
+/// NIOHTTP2's `HTTP2FramePayloadToHTTP1ServerCodec` for three reasons:
+///
+/// - **HPACK indexing.** NIO's codec marks every response header indexable, so
+///   each response's unique values (`x-request-id`, `date`, `content-length`)
+///   went into the connection's dynamic table, evicted each other, and made the
+///   encoder compare every header name with every entry (a tenth of a native
+///   HTTP/2 request's instructions). Here only names whose values repeat across
+///   responses are indexed; `set-cookie` is never indexed (RFC 7541 7.1.3).
+/// - **Cookies.** HTTP/2 clients split `cookie` into one field per crumb
+///   (RFC 9113 8.2.3); an HTTP/1.1 backend must see them joined with "; ",
+///   or frameworks that read the first `cookie` header lose the rest.
+/// - **RFC 8441.** Extended CONNECT's `:protocol` is kept as a private header
+///   (`protocolHeader`) the gateway reads to tunnel a WebSocket; a client's own
+///   header of that name is dropped.
+///
+/// It also checks request header blocks (names, values, pseudo-headers) in the
+/// pass that converts them, which NIOHTTP2 did in a pass of its own for requests
+/// and again for every response (a tenth of a request's instructions). The
+/// responses it writes are well-formed by construction: lowercased names from
+/// checked tokens, values checked where they entered (the backend response
+/// decoder, `HeaderRules` for native answers), connection-specific fields left out.
+final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    /// Where `:protocol` goes; removed again before the request reaches the backend.
+    static let protocolHeader = "x-apus-h2-protocol"
+
+    private var sawRequestHead = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .headers(let block):
+            do {
+                if sawRequestHead {
+                    // The second header block of a request stream is its trailers.
+                    context.fireChannelRead(wrapInboundOut(.end(try Self.trailers(block.headers))))
+                    return
+                }
+                sawRequestHead = true
+                let head = try Self.requestHead(block.headers, endStream: block.endStream)
+                context.fireChannelRead(wrapInboundOut(.head(head)))
+                if block.endStream { context.fireChannelRead(wrapInboundOut(.end(nil))) }
+            } catch {
+                // RFC 9113 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
+                context.writeAndFlush(wrapOutboundOut(.rstStream(.protocolError)), promise: nil)
+                context.fireErrorCaught(error)
+            }
+        case .data(let frame):
+            guard case .byteBuffer(let bytes) = frame.data else { return }
+            if bytes.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(.body(bytes))) }
+            if frame.endStream { context.fireChannelRead(wrapInboundOut(.end(nil))) }
+        default:
+            break  // other frame types carry nothing for the gateway
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let payload: HTTP2Frame.FramePayload
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            var block = HPACKHeaders()
+            block.reserveCapacity(head.headers.count + 1)
+            block.add(name: ":status", value: String(head.status.code))
+            Self.appendResponseFields(head.headers, to: &block)
+            payload = .headers(.init(headers: block))
+        case .body(let body):
+            payload = .data(.init(data: body))
+        case .end(let trailers?):
+            var block = HPACKHeaders()
+            Self.appendResponseFields(trailers, to: &block)
+            payload = .headers(.init(headers: block, endStream: true))
+        case .end(nil):
+            payload = .data(.init(data: .byteBuffer(context.channel.allocator.buffer(capacity: 0)), endStream: true))
+        }
+        context.write(wrapOutboundOut(payload), promise: promise)
+    }
+
+    // MARK: requests
+
+    /// The request head of an HTTP/2 request header block: pseudo-headers become
+    /// method, target and `host`; `cookie` crumbs are joined. Methods that may carry
+    /// a body and name no length get `transfer-encoding: chunked` (or
+    /// `content-length: 0` when the stream already ended), as HTTP/1.1 would frame
+    /// them. The block is checked in the same pass (RFC 9113 8.2 and 8.3, the rules
+    /// NIOHTTP2's header block validation applied, which is off for this reason):
+    /// a malformed request resets its stream.
+    static func requestHead(_ block: HPACKHeaders, endStream: Bool) throws(HTTP2StreamError) -> HTTPRequestHead {
+        var method: String?
+        var path: String?
+        var scheme: String?
+        var authority: String?
+        var extendedProtocol: String?
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(block.count + 1)
+        var cookie: String?
+        var cookieIndex = -1
+        var hasHost = false
+        var hasContentLength = false
+        var regularSeen = false
+        for (name, value, _) in block {
+            if name.utf8.first == UInt8(ascii: ":") {
+                guard !regularSeen else { throw .malformed("pseudo-header \(name) after a regular field") }
+                guard isPseudoHeaderValue(value) else { throw .malformed("invalid \(name) value") }
+                switch name {
+                case ":method": try set(&method, to: value, name)
+                case ":path": try set(&path, to: value, name)
+                case ":scheme": try set(&scheme, to: value, name)
+                case ":authority": try set(&authority, to: value, name)
+                case ":protocol": try set(&extendedProtocol, to: value, name)
+                default: throw .malformed("pseudo-header \(name) in a request")
+                }
+                continue
+            }
+            try checkRegularField(name, value)
+            regularSeen = true
+            switch name {
+            case "cookie":
+                if let crumbs = cookie {
+                    cookie = crumbs + "; " + value
+                } else {
+                    cookie = value
+                    cookieIndex = fields.count
+                    fields.append((name, value))
+                }
+                continue
+            case "host": hasHost = true
+            case "content-length": hasContentLength = true
+            case protocolHeader: continue
+            default: break
+            }
+            fields.append((name, value))
+        }
+        guard let method else { throw .malformed("no :method") }
+        if method == "CONNECT" && extendedProtocol == nil {
+            // Plain CONNECT (RFC 9113 8.5) would open a TCP tunnel; Apus does not.
+            throw .malformed("CONNECT without :protocol")
+        }
+        if extendedProtocol != nil && method != "CONNECT" { throw .malformed(":protocol on \(method)") }
+        guard let path, !path.isEmpty else { throw .malformed("no :path") }
+        guard scheme != nil else { throw .malformed("no :scheme") }
+        if let cookie { fields[cookieIndex].1 = cookie }
+        if !hasHost {
+            guard let authority else { throw .malformed("neither :authority nor host") }
+            fields.insert(("host", authority), at: 0)
+        }
+        if let extendedProtocol { fields.append((protocolHeader, extendedProtocol)) }
+        let httpMethod = HTTPMethod(rawValue: method)
+        switch httpMethod {
+        case .GET, .HEAD, .DELETE, .CONNECT, .TRACE:
+            break  // no body expected; a Content-Length the client sent stays
+        default:
+            if !hasContentLength {
+                fields.append(endStream ? ("content-length", "0") : ("transfer-encoding", "chunked"))
+            }
+        }
+        return HTTPRequestHead(
+            version: .init(major: 2, minor: 0), method: httpMethod, uri: path, headers: HTTPHeaders(fields))
+    }
+
+    /// A request's trailers: regular fields only.
+    static func trailers(_ block: HPACKHeaders) throws(HTTP2StreamError) -> HTTPHeaders {
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(block.count)
+        for (name, value, _) in block {
+            guard name.utf8.first != UInt8(ascii: ":") else { throw .malformed("pseudo-header \(name) in trailers") }
+            try checkRegularField(name, value)
+            fields.append((name, value))
+        }
+        return HTTPHeaders(fields)
+    }
+
+    private static func set(_ slot: inout String?, to value: String, _ name: String) throws(HTTP2StreamError) {
+        guard slot == nil else { throw .malformed("two \(name) pseudo-headers") }
+        slot = value
+    }
+
+    /// RFC 9113 8.2: lowercase token names, no NUL, CR or LF in values, no
+    /// connection-specific fields, `te` only as "trailers".
+    private static func checkRegularField(_ name: String, _ value: String) throws(HTTP2StreamError) {
+        guard !name.isEmpty, name.utf8.allSatisfy(isLowercaseTokenByte) else {
+            throw .malformed("invalid field name")
+        }
+        guard !value.utf8.contains(where: { $0 == 0 || $0 == 0x0A || $0 == 0x0D }) else {
+            throw .malformed("invalid \(name) value")
+        }
+        switch name {
+        case "connection", "transfer-encoding", "proxy-connection", "keep-alive", "upgrade":
+            throw .malformed("connection-specific field \(name)")
+        case "te" where value != "trailers":
+            throw .malformed("te other than trailers")
+        default:
+            break
+        }
+    }
+
+    private static func isLowercaseTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case 0x21, 0x23...0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x30...0x39, 0x5E...0x7A, 0x7C, 0x7E: true
+        default: false
+        }
+    }
+
+    private static func isPseudoHeaderValue(_ value: String) -> Bool {
+        !value.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F })
+    }
+
+    // MARK: responses
+
+    /// HTTP/1 response fields as HTTP/2 ones: names lowercased (only when they are
+    /// not already), connection-specific fields (RFC 9113 8.2.2) and any a
+    /// `Connection` header names left out, each with its HPACK indexing.
+    static func appendResponseFields(_ headers: HTTPHeaders, to block: inout HPACKHeaders) {
+        var nominated: [String] = []
+        if headers.contains(name: "connection") {
+            for token in headers[canonicalForm: "connection"] { nominated.append(token.lowercased()) }
+        }
+        for (name, value) in headers {
+            let lowercased = name.utf8.contains(where: { $0 &- UInt8(ascii: "A") < 26 }) ? name.lowercased() : name
+            guard let indexing = indexing(of: lowercased) else { continue }
+            if !nominated.isEmpty, nominated.contains(lowercased) { continue }
+            block.add(name: lowercased, value: value, indexing: indexing)
+        }
+    }
+
+    /// How a response field is sent, `nil` for a connection-specific one. Only
+    /// names whose values repeat from response to response on a connection are
+    /// indexed: a value that changes every time (`x-request-id`, `date`,
+    /// `content-length`) would only push the useful entries out of the table.
+    /// (Matched by length first: most names then need no comparison at all.)
+    static func indexing(of name: String) -> HPACKIndexing? {
+        switch name.utf8.count {
+        case 4: if name == "vary" { return .indexable }
+        case 6: if name == "server" { return .indexable }
+        case 7: if name == "upgrade" { return nil }
+        case 10:
+            if name == "connection" || name == "keep-alive" { return nil }
+            if name == "set-cookie" { return .neverIndexed }  // RFC 7541 7.1.3
+        case 12: if name == "content-type" { return .indexable }
+        case 13: if name == "cache-control" { return .indexable }
+        case 15: if name == "x-frame-options" || name == "referrer-policy" { return .indexable }
+        case 16:
+            if name == "proxy-connection" { return nil }
+            if name == "content-encoding" || name == "content-language" { return .indexable }
+        case 17: if name == "transfer-encoding" { return nil }
+        case 22: if name == "x-content-type-options" { return .indexable }
+        case 25: if name == "strict-transport-security" { return .indexable }
+        case 27: if name == "access-control-allow-origin" { return .indexable }
+        case 32: if name == "access-control-allow-credentials" { return .indexable }
+        default: break
+        }
+        return .nonIndexable
+    }
+}
+
+/// Why an HTTP/2 request header block could not become a request.
+enum HTTP2StreamError: Error, CustomStringConvertible {
+    /// The block breaks RFC 9113's rules; the reason names the rule.
+    case malformed(String)
+
+    var description: String {
+        switch self {
+        case .malformed(let reason): "malformed HTTP/2 request: \(reason)"
+        }
+    }
+}
