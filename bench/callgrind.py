@@ -3,8 +3,9 @@
 Each server runs alone under `valgrind --tool=callgrind` (Apus with one worker,
 nginx with `master_process off`, so one process does all the work). After a
 warm-up, the counters are zeroed, a fixed number of keep-alive requests is sent
-(h2load --h1, 4 connections), the counters are dumped, and the total is divided
-by the number of requests. The uvicorn backend runs natively and is not counted.
+(h2load: HTTP/1.1 over 4 connections; TLS + HTTP/2 over 4 connections with 10
+streams each), the counters are dumped, and the total is divided by the number
+of requests. The uvicorn backend runs natively and is not counted.
 The dumps stay in the bench's work folder;
 `python3 bench/callgrind.py top DUMP REQUESTS` lists where their instructions went.
 
@@ -36,15 +37,18 @@ SIGSUSPEND_SHIM = r"""
 int sigsuspend(const sigset_t *mask) { sigset_t copy = *mask; return (int)syscall(SYS_rt_sigsuspend, &copy, 8); }
 """
 
-SCENARIOS = [("native 2 KiB JSON, HTTP/1.1", "/fixed"), ("proxied to uvicorn (UDS), HTTP/1.1", "/hello/bench")]
+# (name, path, over TLS + HTTP/2)
+SCENARIOS = [("native 2 KiB JSON, HTTP/1.1", "/fixed", False), ("proxied to uvicorn (UDS), HTTP/1.1", "/hello/bench", False),
+             ("native 2 KiB JSON, TLS + HTTP/2", "/fixed", True)]
 
 
 def available() -> bool:
     return all(shutil.which(tool) for tool in ["valgrind", "callgrind_control", "cc", "objcopy", "h2load"])
 
 
-def h1_requests(url: str, count: int):
-    out = subprocess.run(["h2load", "--h1", "-n", str(count), "-c", "4", "-t", "1", url],
+def requests(url: str, count: int, h2: bool = False):
+    mode = ["-m", "10"] if h2 else ["--h1"]
+    out = subprocess.run(["h2load", *mode, "-n", str(count), "-c", "4", "-t", "1", url],
                          capture_output=True, text=True, timeout=600).stdout
     done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
     if not done or int(done.group(1)) != count:
@@ -75,7 +79,7 @@ def dumped_total(out_file: Path, before: set) -> int:
     raise RuntimeError(f"callgrind wrote no dump next to {out_file}")
 
 
-def count(server: str, argv, env, cwd: Path, base_url: str, work: Path, requests: int) -> dict:
+def count(server: str, argv, env, cwd: Path, base_url: str, tls_url: str, work: Path, total: int) -> dict:
     """Starts `argv` under callgrind and returns instructions per request for each scenario."""
     out_file = work / f"callgrind.{server}.out"
     process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", *map(str, argv)],
@@ -83,13 +87,14 @@ def count(server: str, argv, env, cwd: Path, base_url: str, work: Path, requests
     counts = {}
     try:
         wait_ready(base_url + "/fixed", process)
-        for name, path in SCENARIOS:
-            h1_requests(base_url + path, max(requests // 4, 20))  # warm-up: pools, caches, lazy state
+        for name, path, h2 in SCENARIOS:
+            url = (tls_url if h2 else base_url) + path
+            requests(url, max(total // 4, 40), h2)  # warm-up: pools, caches, lazy state
             before = set(out_file.parent.glob(out_file.name + ".*"))
             subprocess.run(["callgrind_control", "-z", str(process.pid)], check=True, capture_output=True)
-            h1_requests(base_url + path, requests)
+            requests(url, total, h2)
             subprocess.run(["callgrind_control", "-d", str(process.pid)], check=True, capture_output=True)
-            counts[name] = dumped_total(out_file, before) / requests
+            counts[name] = dumped_total(out_file, before) / total
     finally:
         process.terminate()
         try:
@@ -100,7 +105,7 @@ def count(server: str, argv, env, cwd: Path, base_url: str, work: Path, requests
     return counts
 
 
-def measure(stack, apus: Path, requests: int, free_port) -> dict:
+def measure(stack, apus: Path, total: int, free_port) -> dict:
     """Instructions per request for Apus and for nginx, per scenario: {scenario: {"apus": n, "nginx": n}}."""
     work = stack.work
     shim = work / "sigsuspend-shim.so"
@@ -109,19 +114,19 @@ def measure(stack, apus: Path, requests: int, free_port) -> dict:
     stripped = work / "apus-no-debug-info"
     subprocess.run(["objcopy", "--strip-debug", apus, stripped], check=True)
 
-    apus_port = free_port()
+    apus_port, apus_tls = free_port(), free_port()
     config = work / "callgrind.conf"
-    config.write_text(stack.apus_config(apus_port, tls=False))
+    config.write_text(stack.apus_config(apus_port, tls=True, tls_port=apus_tls))
     # The copy lives outside the checkout, so tell it where the handler SDK is.
     env = dict(os.environ, LD_PRELOAD=str(shim), APUS_SDK_DIR=str(Path(__file__).resolve().parents[1] / "Sources"))
     apus_counts = count("apus", [stripped, "serve", "--config", config], env, work, f"http://127.0.0.1:{apus_port}",
-                        work, requests)
+                        f"https://127.0.0.1:{apus_tls}", work, total)
 
-    nginx_port = free_port()
-    (work / "callgrind-nginx.conf").write_text(stack.nginx_config(nginx_port, None, "callgrind-nginx", single_process=True))
+    nginx_port, nginx_tls = free_port(), free_port()
+    (work / "callgrind-nginx.conf").write_text(stack.nginx_config(nginx_port, nginx_tls, "callgrind-nginx", single_process=True))
     nginx_counts = count("nginx", ["nginx", "-c", work / "callgrind-nginx.conf", "-p", work], dict(os.environ), work,
-                         f"http://127.0.0.1:{nginx_port}", work, requests)
-    return {name: {"apus": apus_counts[name], "nginx": nginx_counts[name]} for name, _ in SCENARIOS}
+                         f"http://127.0.0.1:{nginx_port}", f"https://127.0.0.1:{nginx_tls}", work, total)
+    return {name: {"apus": apus_counts[name], "nginx": nginx_counts[name]} for name, _, _ in SCENARIOS}
 
 
 def top(dump: Path, requests: int, count: int = 40):

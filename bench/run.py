@@ -106,10 +106,10 @@ class Stack:
             self.stop()
             raise
 
-    def apus_config(self, port: int, tls: bool) -> str:
+    def apus_config(self, port: int, tls: bool, tls_port=None) -> str:
         work = self.work
         tls_section = f"""[[server.tls]]
-listen = "127.0.0.1:{self.apus_tls}"
+listen = "127.0.0.1:{tls_port or self.apus_tls}"
 certificate = "{work}/cert.pem"
 private_key = "{work}/key.pem"
 """ if tls else ""
@@ -371,7 +371,7 @@ def main():
 def print_instructions(instructions, requests):
     print()
     print(f"Instructions per request under callgrind (user space, one process; {requests} keep-alive requests "
-          f"over 4 connections after a warm-up; the backend is not counted):")
+          f"over 4 connections, 10 streams each over HTTP/2, after a warm-up; the backend is not counted):")
     print()
     print("| scenario | Apus | nginx | ratio |")
     print("|---|---:|---:|---:|")
