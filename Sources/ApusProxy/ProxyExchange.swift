@@ -50,6 +50,10 @@ public final class ProxyExchange: UpstreamDelegate {
     private var requestBodyStarted = false
     private var responseKeepAlive = true
     private var retried = false
+    /// Set while `start` waits on the pool: a connection that arrives meanwhile
+    /// (a pooled one, or a Unix socket connected at once) is flushed by
+    /// `requestReadComplete`, which follows.
+    private var connectedInClientRead = false
     /// When the backend must have answered by (set once the request is complete).
     private var responseDeadline: NIODeadline?
     private var lastActivity = NIODeadline.now()
@@ -66,8 +70,21 @@ public final class ProxyExchange: UpstreamDelegate {
         self.downstream = downstream
     }
 
-    /// Gets a connection (a new one when `fresh`) and sends the request head (and any queued body).
-    public func start(fresh: Bool = false) {
+    /// Gets a connection and sends the request head (and any queued body).
+    ///
+    /// The gateway calls this, and the request methods below, while it reads the
+    /// client's request, and `requestReadComplete` when that read batch is over:
+    /// that is where request bytes are flushed, once per batch (head, body and end
+    /// of a small request in one write). A connection that arrives later flushes
+    /// on its own.
+    public func start() {
+        connectedInClientRead = true
+        acquire(fresh: false)
+        connectedInClientRead = false
+    }
+
+    /// `fresh`: a new connection, not a pooled one (the retry after a stale one).
+    private func acquire(fresh: Bool) {
         downstream?.proxySetRequestReading(false)
         let exchange = NIOLoopBound(self, eventLoop: pool.eventLoop)
         pool.acquire(fresh: fresh).whenComplete { result in
@@ -87,15 +104,14 @@ public final class ProxyExchange: UpstreamDelegate {
         self.connection = connection
         connection.handler.delegate = self
         state = .awaitingResponse
-        let channel = connection.channel
-        channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        for part in queued { channel.write(part, promise: nil) }
+        connection.handler.send(.head(head), flush: false)
+        for part in queued { connection.handler.send(part, flush: false) }
         queued.removeAll()
-        channel.flush()
+        if !connectedInClientRead { connection.handler.flush() }
         touch()
         pool.track(self)
         if requestComplete { armResponseTimer() }
-        downstream?.proxySetRequestReading(channel.isWritable)
+        downstream?.proxySetRequestReading(connection.channel.isWritable)
     }
 
     // MARK: request side (called by the gateway's connection handler)
@@ -104,19 +120,19 @@ public final class ProxyExchange: UpstreamDelegate {
     public func requestBody(_ buffer: ByteBuffer) {
         requestBodyStarted = true
         touch()
-        send(.body(.byteBuffer(buffer)), flush: false)
+        send(.body(.byteBuffer(buffer)))
     }
 
     /// The end of the request from the client.
     public func requestEnd(_ trailers: HTTPHeaders?) {
         requestComplete = true
-        send(.end(trailers), flush: true)
+        send(.end(trailers))
         if case .awaitingResponse = state { armResponseTimer() }
     }
 
     /// The client's read batch is over: push what was written.
     public func requestReadComplete() {
-        connection?.channel.flush()
+        connection?.handler.flush()
     }
 
     /// The client connection's writability changed: resume reading the backend when it drained.
@@ -135,18 +151,15 @@ public final class ProxyExchange: UpstreamDelegate {
         return false
     }
 
-    private func send(_ part: HTTPClientRequestPart, flush: Bool) {
+    /// Sends a request part, flushed at the end of the client's read batch.
+    private func send(_ part: HTTPClientRequestPart) {
         switch state {
         case .connecting:
             queued.append(part)
         case .awaitingResponse, .streamingResponse:
-            guard let channel = connection?.channel else { return }
-            if flush {
-                channel.writeAndFlush(part, promise: nil)
-            } else {
-                channel.write(part, promise: nil)
-            }
-            if !channel.isWritable { downstream?.proxySetRequestReading(false) }
+            guard let connection else { return }
+            connection.handler.send(part, flush: false)
+            if !connection.channel.isWritable { downstream?.proxySetRequestReading(false) }
         case .finished:
             break  // the backend already answered (or failed); the rest of the body is dropped
         }
@@ -198,7 +211,7 @@ public final class ProxyExchange: UpstreamDelegate {
                 responseDeadline = nil
                 state = .connecting
                 if requestComplete { queued.append(.end(nil)) }
-                start(fresh: true)
+                acquire(fresh: true)
                 return
             }
             fail(.closedEarly)

@@ -151,7 +151,8 @@ public final class UpstreamPool {
                     // header validation: request heads reach the pool already checked (by the front
                     // handler's parser or llhttp over HTTP/1, by NIOHTTP2 over HTTP/2, which refuses
                     // CR, LF and NUL in values), plus forwarding headers built here.
-                    try channel.pipeline.syncOperations.addHandlers([UpstreamRequestEncoder(), UpstreamResponseDecoder()])
+                    let decoder = UpstreamResponseDecoder()
+                    try channel.pipeline.syncOperations.addHandlers([UpstreamRequestEncoder(responses: decoder), decoder])
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -282,7 +283,8 @@ protocol UpstreamDelegate: AnyObject {
 }
 
 /// The last handler on a backend connection: passes response parts to the
-/// current exchange and holds reads while the client cannot keep up.
+/// current exchange, sends its request parts, and holds reads while the client
+/// cannot keep up.
 final class UpstreamHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
@@ -323,6 +325,21 @@ final class UpstreamHandler: ChannelDuplexHandler {
             return
         }
         context.read()
+    }
+
+    /// Sends a request part from here, not from the pipeline's tail: one hop fewer.
+    func send(_ part: HTTPClientRequestPart, flush: Bool) {
+        guard let context else { return }
+        if flush {
+            context.writeAndFlush(wrapOutboundOut(part), promise: nil)
+        } else {
+            context.write(wrapOutboundOut(part), promise: nil)
+        }
+    }
+
+    /// Pushes what was sent.
+    func flush() {
+        context?.flush()
     }
 
     /// Reads again after the client caught up.

@@ -10,15 +10,22 @@ import NIOHTTP1
 /// body (`TRACE`) loses `Content-Length` and `Transfer-Encoding`; one that has a
 /// body (`POST`, `PUT`, `PATCH`) without `Content-Length` is sent chunked; any
 /// other keeps `Content-Length`, or is chunked if it already says so.
+///
+/// It tells the response decoder each request's method as the head goes out
+/// (the decoder needs it for `HEAD`), so the decoder need not watch writes.
 final class UpstreamRequestEncoder: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = IOData
 
     private var isChunked = false
+    private let responses: UpstreamResponseDecoder?
+
+    init(responses: UpstreamResponseDecoder?) { self.responses = responses }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
         case .head(var head):
+            responses?.requestSent(head.method)
             isChunked = Self.frame(&head)
             let bytes = HTTP1Encoding.head(
                 head.method.rawValue, head.uri, HTTP1Encoding.text(head.version), headers: head.headers,

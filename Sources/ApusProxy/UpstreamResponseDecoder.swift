@@ -25,12 +25,11 @@ struct UpstreamResponseError: Error, Sendable, CustomStringConvertible {
 /// no request. Then it reports an `UpstreamResponseError` and stops reading; the
 /// connection is closed and never reused.
 ///
-/// It watches the requests going out to know which response answers a `HEAD`.
-final class UpstreamResponseDecoder: ChannelDuplexHandler, RemovableChannelHandler {
+/// The request encoder tells it each request's method (`requestSent`), so it
+/// knows which response answers a `HEAD`; it sees no outbound traffic itself.
+final class UpstreamResponseDecoder: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
 
     static let maxHeadBytes = 80 * 1024
     private static let maxChunkLineBytes = 4 * 1024
@@ -53,11 +52,11 @@ final class UpstreamResponseDecoder: ChannelDuplexHandler, RemovableChannelHandl
     private var methods = CircularBuffer<HTTPMethod>(initialCapacity: 2)
     private var fields: [ResponseHeadScanner.Field] = []
 
-    // MARK: outbound
+    // MARK: requests
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .head(let head) = unwrapOutboundIn(data) { methods.append(head.method) }
-        context.write(data, promise: promise)
+    /// A request with this method went out; its response comes after those of the requests before it.
+    func requestSent(_ method: HTTPMethod) {
+        methods.append(method)
     }
 
     // MARK: inbound

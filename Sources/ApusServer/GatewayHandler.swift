@@ -728,6 +728,7 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
         if let handler = try? pipeline.handler(type: HTTPServerPipelineHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTPServerProtocolErrorHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTP1ResponseEncoder.self) { pipeline.removeHandler(handler, promise: nil) }
+        if let handler = try? pipeline.handler(type: HTTP1RequestMethodRecorder.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
             pipeline.removeHandler(handler, promise: nil)
         }

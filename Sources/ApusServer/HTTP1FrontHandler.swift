@@ -86,12 +86,15 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// gateway takes the verdict instead of routing again.
     private var handedOverWithoutNativeRoute = false
     private var idleCheck: Scheduled<Void>?
+    /// The encoder of the gateway's answers, told each request's method as it goes to the gateway.
+    private let responses: HTTP1ResponseEncoder
 
     init(
         loop: LoopState, shared: GatewayShared, client: String, keepAliveTimeout: TimeAmount, maxHeadBytes: Int,
-        decoderLimits: NIOHTTPDecoderLimitConfiguration
+        decoderLimits: NIOHTTPDecoderLimitConfiguration, responses: HTTP1ResponseEncoder
     ) {
         self.decoderLimits = decoderLimits
+        self.responses = responses
         self.loop = loop
         self.shared = shared
         self.clientDescription = client
@@ -307,6 +310,7 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         progressed = true
         mode = .gateway(bodyRemaining: remaining)
         handedOverWithoutNativeRoute = noNativeRoute
+        responses.expectResponse(to: requestHead.method)
         context.fireChannelRead(NIOAny(HTTPServerRequestPart.head(requestHead)))
         handedOverWithoutNativeRoute = false
         if let body { context.fireChannelRead(NIOAny(HTTPServerRequestPart.body(body))) }

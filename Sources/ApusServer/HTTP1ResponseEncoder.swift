@@ -5,16 +5,16 @@ import NIOHTTP1
 /// Serialises responses on the HTTP/1.1 codec path: what NIO's
 /// `HTTPResponseEncoder` does, with the head written in one pass (`HTTP1Encoding`).
 ///
-/// It sits after the request decoder, so it sees each decoded request head go by
-/// and knows which responses answer `HEAD` or `CONNECT` (NIO's encoder learns
-/// that from its paired decoder). The framing rules are NIO's, and a test checks
+/// It is told each request's method (`expectResponse(to:)`) by whoever hands the
+/// request to the gateway: the front handler, or `HTTP1RequestMethodRecorder`
+/// behind NIO's decoder. So it knows which responses answer `HEAD` or `CONNECT`
+/// (NIO's encoder learns that from its paired decoder) without every request part
+/// passing through it. The framing rules are NIO's, and a test checks
 /// the bytes against NIO's pipeline: a status that cannot have a body, or an
 /// answer to `CONNECT`, loses `Content-Length` and `Transfer-Encoding`; a body
 /// without `Content-Length` is chunked over HTTP/1.1; an answer to `HEAD` keeps
 /// its framing headers but sends no body.
-final class HTTP1ResponseEncoder: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias InboundOut = HTTPServerRequestPart
+final class HTTP1ResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = IOData
 
@@ -23,9 +23,9 @@ final class HTTP1ResponseEncoder: ChannelDuplexHandler, RemovableChannelHandler 
     private var isChunked = false
     private var suppressBody = false
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .head(let head) = unwrapInboundIn(data) { pendingMethods.append(head.method) }
-        context.fireChannelRead(data)
+    /// A request with this method goes to the gateway; its response comes after those before it.
+    func expectResponse(to method: HTTPMethod) {
+        pendingMethods.append(method)
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -70,6 +70,22 @@ final class HTTP1ResponseEncoder: ChannelDuplexHandler, RemovableChannelHandler 
         guard head.version.major == 1 && head.version.minor >= 1 else { return false }
         head.headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
         return true
+    }
+}
+
+/// Tells the response encoder the method of each request NIO's decoder passes on
+/// (on a connection the front handler handed over).
+final class HTTP1RequestMethodRecorder: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+
+    private let responses: HTTP1ResponseEncoder
+
+    init(responses: HTTP1ResponseEncoder) { self.responses = responses }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head(let head) = unwrapInboundIn(data) { responses.expectResponse(to: head.method) }
+        context.fireChannelRead(data)
     }
 }
 

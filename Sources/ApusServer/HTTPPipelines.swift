@@ -32,10 +32,11 @@ enum HTTPPipelines {
     ) throws {
         let sync = channel.pipeline.syncOperations
         let peer = PeerFacts(channel.remoteAddress, shared: shared)
+        let encoder = HTTP1ResponseEncoder()
         let front = HTTP1FrontHandler(
             loop: loop.value, shared: shared, client: peer.description, keepAliveTimeout: settings.keepAliveTimeout,
-            maxHeadBytes: settings.maxHeadBytes, decoderLimits: settings.decoderLimits)
-        try sync.addHandlers([front, HTTP1ResponseEncoder(), ConnectionMetricsHandler(http2: false)])
+            maxHeadBytes: settings.maxHeadBytes, decoderLimits: settings.decoderLimits, responses: encoder)
+        try sync.addHandlers([front, encoder, ConnectionMetricsHandler(http2: false)])
         try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer, front: front))
     }
 
@@ -51,10 +52,11 @@ enum HTTPPipelines {
         _ sync: ChannelPipeline.SynchronousOperations, decoderPosition: ChannelPipeline.SynchronousOperations.Position,
         decoderLimits: NIOHTTPDecoderLimitConfiguration
     ) throws {
-        try sync.addHandler(
-            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits)),
-            position: decoderPosition)
+        let decoder = ByteToMessageHandler(
+            HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits))
+        try sync.addHandler(decoder, position: decoderPosition)
         let encoder = try sync.handler(type: HTTP1ResponseEncoder.self)
+        try sync.addHandler(HTTP1RequestMethodRecorder(responses: encoder), position: .after(decoder))
         try sync.addHandlers([HTTPServerPipelineHandler(), HTTPServerProtocolErrorHandler()], position: .after(encoder))
     }
 

@@ -23,7 +23,8 @@ struct UpstreamResponseDecoderTests {
     func decode(apus: Bool, _ methods: [HTTPMethod], _ response: String, split: Int, close: Bool = false) throws -> [Event] {
         let channel = EmbeddedChannel()
         if apus {
-            try channel.pipeline.syncOperations.addHandlers([UpstreamRequestEncoder(), UpstreamResponseDecoder()])
+            let decoder = UpstreamResponseDecoder()
+            try channel.pipeline.syncOperations.addHandlers([UpstreamRequestEncoder(responses: decoder), decoder])
         } else {
             try channel.pipeline.syncOperations.addHandlers([
                 HTTPRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
