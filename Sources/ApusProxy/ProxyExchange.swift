@@ -79,7 +79,11 @@ public final class ProxyExchange: UpstreamDelegate {
     /// on its own.
     public func start() {
         connectedInClientRead = true
-        acquire(fresh: false)
+        if let connection = pool.takeIdle() {
+            connected(connection)  // the common case, without a future
+        } else {
+            acquire(fresh: false)
+        }
         connectedInClientRead = false
     }
 

@@ -123,12 +123,7 @@ public final class UpstreamPool {
         eventLoop.preconditionInEventLoop()
         if isShutDown { return eventLoop.makeFailedFuture(UpstreamError.poolShutDown) }
         if fresh && open < settings.maxConnections { return connect() }
-        while let connection = idle.popLast() {
-            if connection.channel.isActive {
-                connection.isReused = true
-                return eventLoop.makeSucceededFuture(connection)
-            }
-        }
+        if let connection = takeIdle() { return eventLoop.makeSucceededFuture(connection) }
         if open < settings.maxConnections {
             return connect()
         }
@@ -136,6 +131,20 @@ public final class UpstreamPool {
         UpstreamMetrics.waits.increment()
         waiters.append(promise)
         return promise.futureResult
+    }
+
+    /// The most recently used idle connection that is still open, if there is one:
+    /// what `acquire` gives first, without a future.
+    public func takeIdle() -> UpstreamConnection? {
+        eventLoop.preconditionInEventLoop()
+        guard !isShutDown else { return nil }
+        while let connection = idle.popLast() {
+            if connection.channel.isActive {
+                connection.isReused = true
+                return connection
+            }
+        }
+        return nil
     }
 
     private func connect() -> EventLoopFuture<UpstreamConnection> {
