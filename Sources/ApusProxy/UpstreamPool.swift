@@ -158,8 +158,8 @@ public final class UpstreamPool {
                     let handler = UpstreamHandler()
                     // Apus's request encoder (NIO's bytes, one pass) and response decoder. No outbound
                     // header validation: request heads reach the pool already checked (by the front
-                    // handler's parser or llhttp over HTTP/1, by NIOHTTP2 over HTTP/2, which refuses
-                    // CR, LF and NUL in values), plus forwarding headers built here.
+                    // handler's parser or llhttp over HTTP/1, by HTTP2StreamCodec over HTTP/2; each
+                    // refuses CR, LF and NUL in values), plus forwarding headers built here.
                     let decoder = UpstreamResponseDecoder()
                     try channel.pipeline.syncOperations.addHandlers([UpstreamRequestEncoder(responses: decoder), decoder])
                     try channel.pipeline.syncOperations.addHandler(handler)
