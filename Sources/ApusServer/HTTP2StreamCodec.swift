@@ -64,24 +64,69 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
         }
     }
 
+    /// The last head or body frame written, held until the next part or flush, so
+    /// that the end of the response rides on it as END_STREAM instead of costing a
+    /// frame of its own (an empty DATA frame), as nginx sends it.
+    private var held: (payload: HTTP2Frame.FramePayload, promise: EventLoopPromise<Void>?)?
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let payload: HTTP2Frame.FramePayload
         switch unwrapOutboundIn(data) {
         case .head(let head):
+            writeHeld(context)
             var block = HPACKHeaders()
             block.reserveCapacity(head.headers.count + 1)
             block.add(name: ":status", value: String(head.status.code))
             Self.appendResponseFields(head.headers, to: &block)
-            payload = .headers(.init(headers: block))
+            let payload = HTTP2Frame.FramePayload.headers(.init(headers: block))
+            if head.status.code < 200 {
+                context.write(wrapOutboundOut(payload), promise: promise)  // interim: never the last frame
+            } else {
+                held = (payload, promise)
+            }
         case .body(let body):
-            payload = .data(.init(data: body))
+            writeHeld(context)
+            held = (.data(.init(data: body)), promise)
         case .end(let trailers?):
+            writeHeld(context)
             var block = HPACKHeaders()
             Self.appendResponseFields(trailers, to: &block)
-            payload = .headers(.init(headers: block, endStream: true))
+            context.write(wrapOutboundOut(.headers(.init(headers: block, endStream: true))), promise: promise)
         case .end(nil):
-            payload = .data(.init(data: .byteBuffer(context.channel.allocator.buffer(capacity: 0)), endStream: true))
+            guard let (payload, heldPromise) = held else {
+                let empty = context.channel.allocator.buffer(capacity: 0)
+                context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(empty), endStream: true))), promise: promise)
+                return
+            }
+            held = nil
+            let last: HTTP2Frame.FramePayload
+            switch payload {
+            case .headers(var headers):
+                headers.endStream = true
+                last = .headers(headers)
+            case .data(var data):
+                data.endStream = true
+                last = .data(data)
+            default:
+                last = payload
+            }
+            if let heldPromise, let promise { heldPromise.futureResult.cascade(to: promise) }
+            context.write(wrapOutboundOut(last), promise: heldPromise ?? promise)
         }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        writeHeld(context)
+        context.flush()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        held?.promise?.fail(ChannelError.ioOnClosedChannel)
+        held = nil
+    }
+
+    private func writeHeld(_ context: ChannelHandlerContext) {
+        guard let (payload, promise) = held else { return }
+        held = nil
         context.write(wrapOutboundOut(payload), promise: promise)
     }
 

@@ -170,6 +170,39 @@ def test_h2_request_trailers_and_a_valid_extended_set_of_fields_pass(gateway):
     sock.close()
 
 
+def stream_frames(gateway, path, until):
+    from hyperframe.frame import SettingsFrame
+    sock, conn = h2_connection(gateway.port)
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, headers(path, gateway.port), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    frames = [f for f in raw_frames(sock, until) if f.stream_id == stream and not isinstance(f, SettingsFrame)]
+    sock.close()
+    return frames
+
+
+def test_h2_response_ends_on_its_last_frame_and_streamed_bodies_are_not_held(gateway):
+    from hyperframe.frame import DataFrame, HeadersFrame
+    ended = lambda frames: any("END_STREAM" in f.flags for f in frames if f.stream_id == 1)
+    # A native answer: HEADERS, then DATA carrying END_STREAM; no empty DATA frame to end it.
+    frames = stream_frames(gateway, "/orderbook/ACME?n=3", ended)
+    assert [type(f) for f in frames] == [HeadersFrame, DataFrame], frames
+    assert "END_STREAM" in frames[-1].flags and len(frames[-1].data) > 0
+    # A body-less answer (404 from the backend has one; HEAD has none): ends on HEADERS.
+    head = [(":method", "HEAD")] + [h for h in headers("/orderbook/ACME?n=1", gateway.port) if h[0] != ":method"]
+    sock, conn = h2_connection(gateway.port)
+    conn.send_headers(1, head, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    frames = [f for f in raw_frames(sock, ended) if f.stream_id == 1]
+    sock.close()
+    assert [type(f) for f in frames] == [HeadersFrame] and "END_STREAM" in frames[0].flags, frames
+    # A streamed body: each event arrives on its own as it is sent, not held for the next.
+    started = time.monotonic()
+    first = stream_frames(gateway, "/sse?n=2&interval=3", lambda frames: any(isinstance(f, DataFrame) for f in frames))
+    assert time.monotonic() - started < 2.5, "the first event waited for the second"
+    assert any(isinstance(f, DataFrame) and b"id: 0" in f.data for f in first), first
+
+
 def test_h2_responses_index_only_repeating_headers(gateway):
     # Per-response values (x-request-id, content-length) must not churn the client's
     # HPACK dynamic table; repeating ones (content-type) are indexed once and reused.
