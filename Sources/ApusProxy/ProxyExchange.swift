@@ -108,8 +108,8 @@ public final class ProxyExchange: UpstreamDelegate {
         self.connection = connection
         connection.handler.delegate = self
         state = .awaitingResponse
-        connection.handler.send(.head(head), flush: false)
-        for part in queued { connection.handler.send(part, flush: false) }
+        connection.handler.send(.head(head))
+        for part in queued { connection.handler.send(part) }
         queued.removeAll()
         if !connectedInClientRead { connection.handler.flush() }
         touch()
@@ -162,7 +162,7 @@ public final class ProxyExchange: UpstreamDelegate {
             queued.append(part)
         case .awaitingResponse, .streamingResponse:
             guard let connection else { return }
-            connection.handler.send(part, flush: false)
+            connection.handler.send(part)
             if !connection.channel.isWritable { downstream?.proxySetRequestReading(false) }
         case .finished:
             break  // the backend already answered (or failed); the rest of the body is dropped

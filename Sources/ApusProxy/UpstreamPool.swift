@@ -336,14 +336,10 @@ final class UpstreamHandler: ChannelDuplexHandler {
         context.read()
     }
 
-    /// Sends a request part from here, not from the pipeline's tail: one hop fewer.
-    func send(_ part: HTTPClientRequestPart, flush: Bool) {
-        guard let context else { return }
-        if flush {
-            context.writeAndFlush(wrapOutboundOut(part), promise: nil)
-        } else {
-            context.write(wrapOutboundOut(part), promise: nil)
-        }
+    /// Writes a request part from here, not from the pipeline's tail (one hop
+    /// fewer); `flush` pushes it out.
+    func send(_ part: HTTPClientRequestPart) {
+        context?.write(wrapOutboundOut(part), promise: nil)
     }
 
     /// Pushes what was sent.

@@ -170,11 +170,12 @@ def test_h2_request_trailers_and_a_valid_extended_set_of_fields_pass(gateway):
     sock.close()
 
 
-def stream_frames(gateway, path, until):
+def stream_frames(gateway, path, until, method="GET"):
     from hyperframe.frame import SettingsFrame
     sock, conn = h2_connection(gateway.port)
     stream = conn.get_next_available_stream_id()
-    conn.send_headers(stream, headers(path, gateway.port), end_stream=True)
+    request = [(":method", method)] + [field for field in headers(path, gateway.port) if field[0] != ":method"]
+    conn.send_headers(stream, request, end_stream=True)
     sock.sendall(conn.data_to_send())
     frames = [f for f in raw_frames(sock, until) if f.stream_id == stream and not isinstance(f, SettingsFrame)]
     sock.close()
@@ -188,13 +189,8 @@ def test_h2_response_ends_on_its_last_frame_and_streamed_bodies_are_not_held(gat
     frames = stream_frames(gateway, "/orderbook/ACME?n=3", ended)
     assert [type(f) for f in frames] == [HeadersFrame, DataFrame], frames
     assert "END_STREAM" in frames[-1].flags and len(frames[-1].data) > 0
-    # A body-less answer (404 from the backend has one; HEAD has none): ends on HEADERS.
-    head = [(":method", "HEAD")] + [h for h in headers("/orderbook/ACME?n=1", gateway.port) if h[0] != ":method"]
-    sock, conn = h2_connection(gateway.port)
-    conn.send_headers(1, head, end_stream=True)
-    sock.sendall(conn.data_to_send())
-    frames = [f for f in raw_frames(sock, ended) if f.stream_id == 1]
-    sock.close()
+    # An answer to HEAD has no body: it ends on its HEADERS frame.
+    frames = stream_frames(gateway, "/orderbook/ACME?n=1", ended, method="HEAD")
     assert [type(f) for f in frames] == [HeadersFrame] and "END_STREAM" in frames[0].flags, frames
     # A streamed body: each event arrives on its own as it is sent, not held for the next.
     started = time.monotonic()
