@@ -238,13 +238,19 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
         guard !value.utf8.contains(where: { $0 == 0 || $0 == 0x0A || $0 == 0x0D }) else {
             throw .malformed("invalid \(name) value")
         }
-        switch name {
-        case "connection", "transfer-encoding", "proxy-connection", "keep-alive", "upgrade":
-            throw .malformed("connection-specific field \(name)")
-        case "te" where value != "trailers":
-            throw .malformed("te other than trailers")
-        default:
-            break
+        if isConnectionSpecific(name) { throw .malformed("connection-specific field \(name)") }
+        if name == "te" && value != "trailers" { throw .malformed("te other than trailers") }
+    }
+
+    /// RFC 9113 8.2.2: the HTTP/1 fields that have no place in HTTP/2, refused in
+    /// requests and left out of responses. `name` is lowercase.
+    static func isConnectionSpecific(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 7: name == "upgrade"
+        case 10: name == "connection" || name == "keep-alive"
+        case 16: name == "proxy-connection"
+        case 17: name == "transfer-encoding"
+        default: false
         }
     }
 
@@ -262,41 +268,32 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
     // MARK: responses
 
     /// HTTP/1 response fields as HTTP/2 ones: names lowercased (only when they are
-    /// not already), connection-specific fields (RFC 9113 8.2.2) and any a
-    /// `Connection` header names left out, each with its HPACK indexing.
+    /// not already), connection-specific fields (RFC 9113 8.2.2) left out, each
+    /// with its HPACK indexing. The fields a `Connection` header names never get
+    /// here: `makeDownstreamHead` strips them from backend responses, and a native
+    /// handler's `Connection` header is the gateway's to write, so it is dropped.
     static func appendResponseFields(_ headers: HTTPHeaders, to block: inout HPACKHeaders) {
-        var nominated: [String] = []
-        if headers.contains(name: "connection") {
-            for token in headers[canonicalForm: "connection"] { nominated.append(token.lowercased()) }
-        }
         for (name, value) in headers {
             let lowercased = name.utf8.contains(where: { $0 &- UInt8(ascii: "A") < 26 }) ? name.lowercased() : name
-            guard let indexing = indexing(of: lowercased) else { continue }
-            if !nominated.isEmpty, nominated.contains(lowercased) { continue }
-            block.add(name: lowercased, value: value, indexing: indexing)
+            if isConnectionSpecific(lowercased) { continue }
+            block.add(name: lowercased, value: value, indexing: indexing(of: lowercased))
         }
     }
 
-    /// How a response field is sent, `nil` for a connection-specific one. Only
-    /// names whose values repeat from response to response on a connection are
-    /// indexed: a value that changes every time (`x-request-id`, `date`,
-    /// `content-length`) would only push the useful entries out of the table.
-    /// (Matched by length first: most names then need no comparison at all.)
-    static func indexing(of name: String) -> HPACKIndexing? {
+    /// How a response field is sent. Only names whose values repeat from
+    /// response to response on a connection are indexed: a value that changes
+    /// every time (`x-request-id`, `date`, `content-length`) would only push the
+    /// useful entries out of the table. (Matched by length first: most names then
+    /// need no comparison at all.)
+    static func indexing(of name: String) -> HPACKIndexing {
         switch name.utf8.count {
         case 4: if name == "vary" { return .indexable }
         case 6: if name == "server" { return .indexable }
-        case 7: if name == "upgrade" { return nil }
-        case 10:
-            if name == "connection" || name == "keep-alive" { return nil }
-            if name == "set-cookie" { return .neverIndexed }  // RFC 7541 7.1.3
+        case 10: if name == "set-cookie" { return .neverIndexed }  // RFC 7541 7.1.3
         case 12: if name == "content-type" { return .indexable }
         case 13: if name == "cache-control" { return .indexable }
         case 15: if name == "x-frame-options" || name == "referrer-policy" { return .indexable }
-        case 16:
-            if name == "proxy-connection" { return nil }
-            if name == "content-encoding" || name == "content-language" { return .indexable }
-        case 17: if name == "transfer-encoding" { return nil }
+        case 16: if name == "content-encoding" || name == "content-language" { return .indexable }
         case 22: if name == "x-content-type-options" { return .indexable }
         case 25: if name == "strict-transport-security" { return .indexable }
         case 27: if name == "access-control-allow-origin" { return .indexable }

@@ -92,10 +92,14 @@ enum HTTPPipelines {
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
             streamDelegate: manager.http2StreamDelegate
         ) { streamChannel in
-            streamChannel.eventLoop.makeCompletedFuture {
+            // The event loop's cached succeeded future: a stream costs no future or Result of its own.
+            do {
                 let sync = streamChannel.pipeline.syncOperations
                 try sync.addHandler(HTTP2StreamCodec())
                 try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer))
+                return streamChannel.eventLoop.makeSucceededVoidFuture()
+            } catch {
+                return streamChannel.eventLoop.makeFailedFuture(error)
             }
         }
         try sync.addHandler(manager)

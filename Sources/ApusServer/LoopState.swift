@@ -29,11 +29,15 @@ final class LoopState {
     func makeRequestID() -> String {
         let high = random.next()
         let low = random.next()
-        let hex = Array("0123456789abcdef".utf8)
+        // Digits by arithmetic: a table here was an array allocated per request.
+        func digit(_ value: UInt64, _ index: Int) -> UInt8 {
+            let nibble = UInt8(truncatingIfNeeded: value >> UInt64(60 - index * 4)) & 0xF
+            return nibble < 10 ? 0x30 + nibble : 0x57 + nibble
+        }
         return String(unsafeUninitializedCapacity: 32) { buffer in
             for index in 0..<16 {
-                buffer[index] = hex[Int((high >> UInt64(60 - index * 4)) & 0xF)]
-                buffer[16 + index] = hex[Int((low >> UInt64(60 - index * 4)) & 0xF)]
+                buffer[index] = digit(high, index)
+                buffer[16 + index] = digit(low, index)
             }
             return 32
         }

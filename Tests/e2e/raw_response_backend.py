@@ -16,6 +16,8 @@ ANSWERS = {
                    b"6;name=ext\r\nchunk1\r\n6\r\nchunk2\r\n0\r\nX-Checksum: abc123\r\n\r\n"),
     b"/bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 7\nX-Shape: bare-lf\n\nbare lf",
     b"/custom-reason": b"HTTP/1.1 299 Mostly Fine\r\nContent-Length: 2\r\n\r\nok",
+    b"/hop-named": (b"HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n"
+                    b"X-Kept: yes\r\nContent-Length: 2\r\n\r\nok"),
     b"/interim": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
     # What a proxy must not pass on.
     b"/obs-fold": b"HTTP/1.1 200 OK\r\nX-A: b\r\n folded\r\nContent-Length: 2\r\n\r\nok",

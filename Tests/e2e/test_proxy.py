@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -41,7 +42,7 @@ def test_forwarding_headers_and_request_id(gateway):
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"
     assert headers["x-forwarded-host"] == f"127.0.0.1:{gateway.port}"
-    assert len(headers["x-request-id"]) == 32
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"]), headers["x-request-id"]
     kept = httpx.get(f"{gateway.url}/headers", headers={"X-Request-ID": "abc-123"})
     assert kept.json()["headers"]["x-request-id"] == "abc-123"
     assert kept.headers["x-request-id"] == "abc-123"
@@ -270,6 +271,19 @@ def test_backend_responses_framed_by_close_by_chunks_with_trailers_or_by_bare_lf
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head.lower(), data
     assert b"chunk1" in body and b"chunk2" in body and body.endswith(b"0\r\nX-Checksum: abc123\r\n\r\n"), data
+
+
+def test_fields_a_backend_response_names_in_connection_stop_at_the_gateway_over_http1_and_http2(raw_backend_gateway):
+    gateway = raw_backend_gateway
+    response = httpx.get(f"{gateway.url}/hop-named")
+    assert response.text == "ok" and response.headers["x-kept"] == "yes"
+    assert "x-hop" not in response.headers and "keep-alive" not in response.headers, response.headers
+    out = subprocess.run(["curl", "-s", "-D-", "--http2-prior-knowledge", f"{gateway.url}/hop-named"],
+                         capture_output=True, text=True, timeout=30).stdout
+    head, _, body = out.partition("\n\n")  # text mode reads CRLF as LF
+    assert head.startswith("HTTP/2 200") and body == "ok", out
+    names = [line.split(":", 1)[0] for line in head.splitlines()[1:]]
+    assert "x-kept" in names and not {"x-hop", "keep-alive", "connection"} & set(names), out
 
 
 def test_a_malformed_backend_response_gets_502_with_the_reason_and_the_gateway_keeps_serving(raw_backend_gateway):
