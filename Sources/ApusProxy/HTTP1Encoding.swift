@@ -7,20 +7,59 @@ import NIOHTTP1
 /// encoders write a head piece by piece, and each `ByteBuffer` write carries its
 /// own capacity, uniqueness and exclusivity checks.
 public enum HTTP1Encoding {
-    /// `first second third\r\n`, the fields, and the empty line, in one buffer.
-    public static func head(_ first: String, _ second: String, _ third: String, headers: HTTPHeaders, allocator: ByteBufferAllocator)
-        -> ByteBuffer
-    {
+    /// What a head does with its framing fields as it is written: NIO's encoders
+    /// edit the head first (each removal a pass over the fields and, since the
+    /// head is shared with the part that carried it, a copy of them); here the
+    /// fields are skipped, and `transfer-encoding: chunked` appended, in the pass
+    /// that writes the head.
+    public struct Framing: Sendable {
+        let dropsContentLength: Bool
+        let dropsTransferEncoding: Bool
+        let addsChunked: Bool
+
+        /// The fields as they are.
+        public static let asIs = Framing(dropsContentLength: false, dropsTransferEncoding: false, addsChunked: false)
+        /// Neither `Content-Length` nor `Transfer-Encoding`: a message that cannot have a body.
+        public static let withoutBodyFields = Framing(dropsContentLength: true, dropsTransferEncoding: true, addsChunked: false)
+        /// No `Transfer-Encoding`: the `Content-Length` frames the body.
+        public static let byContentLength = Framing(dropsContentLength: false, dropsTransferEncoding: true, addsChunked: false)
+        /// Any `Transfer-Encoding` replaced by `transfer-encoding: chunked` at the end.
+        public static let chunked = Framing(dropsContentLength: false, dropsTransferEncoding: true, addsChunked: true)
+
+        @inline(__always)
+        func skips(_ name: String) -> Bool {
+            switch name.utf8.count {
+            case 14: return dropsContentLength && equalsIgnoringCase(name, "content-length")
+            case 17: return dropsTransferEncoding && equalsIgnoringCase(name, "transfer-encoding")
+            default: return false
+            }
+        }
+    }
+
+    /// `first second third\r\n`, the fields (framed as `framing` says), and the
+    /// empty line, in one buffer.
+    public static func head(
+        _ first: String, _ second: String, _ third: String, headers: HTTPHeaders, framing: Framing = .asIs,
+        allocator: ByteBufferAllocator
+    ) -> ByteBuffer {
+        let chunkedField: StaticString = "transfer-encoding: chunked\r\n"
         var size = first.utf8.count + 1 + second.utf8.count + 1 + third.utf8.count + 2 + 2
-        for (name, value) in headers { size += name.utf8.count + 2 + value.utf8.count + 2 }
+        for (name, value) in headers where !framing.skips(name) { size += name.utf8.count + 2 + value.utf8.count + 2 }
+        if framing.addsChunked { size += chunkedField.utf8CodeUnitCount }
         var buffer = allocator.buffer(capacity: size)
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { memory in
             var next = memory.baseAddress!
             func append(_ text: String) {
-                var text = text
-                text.withUTF8 { utf8 in
+                // Not `withUTF8`: that needs a mutable copy of each string (a retain and a release).
+                let copied: Void? = text.utf8.withContiguousStorageIfAvailable { utf8 in
                     if let base = utf8.baseAddress { next.copyMemory(from: base, byteCount: utf8.count) }
                     next += utf8.count
+                }
+                if copied == nil {
+                    for byte in text.utf8 {
+                        next.storeBytes(of: byte, as: UInt8.self)
+                        next += 1
+                    }
                 }
             }
             func append(_ text: StaticString) {
@@ -33,12 +72,13 @@ public enum HTTP1Encoding {
             append(" ")
             append(third)
             append("\r\n")
-            for (name, value) in headers {
+            for (name, value) in headers where !framing.skips(name) {
                 append(name)
                 append(": ")
                 append(value)
                 append("\r\n")
             }
+            if framing.addsChunked { append(chunkedField) }
             append("\r\n")
             let written = next - memory.baseAddress!
             precondition(written == size, "HTTP/1.1 head sized \(size) bytes, wrote \(written)")

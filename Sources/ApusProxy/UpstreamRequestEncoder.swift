@@ -24,12 +24,13 @@ final class UpstreamRequestEncoder: ChannelOutboundHandler, RemovableChannelHand
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
-        case .head(var head):
+        case .head(let head):
             responses?.requestSent(head.method)
-            isChunked = Self.frame(&head)
+            let framing = Self.framing(head)
+            isChunked = framing.chunked
             let bytes = HTTP1Encoding.head(
                 head.method.rawValue, head.uri, HTTP1Encoding.text(head.version), headers: head.headers,
-                allocator: context.channel.allocator)
+                framing: framing.fields, allocator: context.channel.allocator)
             context.write(wrapOutboundOut(.byteBuffer(bytes)), promise: promise)
         case .body(let body):
             HTTP1Encoding.writeBody(body, chunked: isChunked, context: context, promise: promise)
@@ -38,28 +39,18 @@ final class UpstreamRequestEncoder: ChannelOutboundHandler, RemovableChannelHand
         }
     }
 
-    /// Makes the head's framing explicit, as NIO's encoder does; returns whether the body is chunked.
-    static func frame(_ head: inout HTTPRequestHead) -> Bool {
+    /// The head's framing made explicit, as NIO's encoder does, and whether the body is chunked.
+    static func framing(_ head: HTTPRequestHead) -> (fields: HTTP1Encoding.Framing, chunked: Bool) {
         let chunkedCapable = head.version.major == 1 && head.version.minor >= 1
         switch head.method {
         case .TRACE:
-            head.headers.remove(name: "content-length")
-            head.headers.remove(name: "transfer-encoding")
-            return false
+            return (.withoutBodyFields, false)
         case .POST, .PUT, .PATCH:
-            if head.headers.contains(name: "content-length") {
-                head.headers.remove(name: "transfer-encoding")
-                return false
-            }
-            guard chunkedCapable else { return false }
-            head.headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
-            return true
+            if head.headers.contains(name: "content-length") { return (.byContentLength, false) }
+            return chunkedCapable ? (.chunked, true) : (.asIs, false)
         default:
-            if head.headers.contains(name: "content-length") {
-                head.headers.remove(name: "transfer-encoding")
-                return false
-            }
-            return chunkedCapable && head.headers["transfer-encoding"].first == "chunked"
+            if head.headers.contains(name: "content-length") { return (.byContentLength, false) }
+            return (.asIs, chunkedCapable && head.headers["transfer-encoding"].first == "chunked")
         }
     }
 }

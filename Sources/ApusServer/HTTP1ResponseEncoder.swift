@@ -30,7 +30,7 @@ final class HTTP1ResponseEncoder: ChannelOutboundHandler, RemovableChannelHandle
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
-        case .head(var head):
+        case .head(let head):
             // A non-final 1xx (not 101) is followed by the real head: it answers no request yet.
             let code = head.status.code
             var answersConnect = false
@@ -38,11 +38,11 @@ final class HTTP1ResponseEncoder: ChannelOutboundHandler, RemovableChannelHandle
                 suppressBody = method == .HEAD || method == .CONNECT
                 answersConnect = method == .CONNECT
             }
-            let chunked = Self.frame(&head, mayHaveBody: !answersConnect && head.status.mayHaveResponseBody)
-            isChunked = suppressBody ? false : chunked
+            let framing = Self.framing(head, mayHaveBody: !answersConnect && head.status.mayHaveResponseBody)
+            isChunked = suppressBody ? false : framing.chunked
             let bytes = HTTP1Encoding.head(
                 HTTP1Encoding.text(head.version), String(head.status.code), head.status.reasonPhrase, headers: head.headers,
-                allocator: context.channel.allocator)
+                framing: framing.fields, allocator: context.channel.allocator)
             context.write(wrapOutboundOut(.byteBuffer(bytes)), promise: promise)
         case .body(let body):
             guard !suppressBody else {
@@ -56,20 +56,12 @@ final class HTTP1ResponseEncoder: ChannelOutboundHandler, RemovableChannelHandle
         }
     }
 
-    /// Makes the head's framing explicit, as NIO's encoder does; returns whether the body is chunked.
-    static func frame(_ head: inout HTTPResponseHead, mayHaveBody: Bool) -> Bool {
-        guard mayHaveBody else {
-            head.headers.remove(name: "content-length")
-            head.headers.remove(name: "transfer-encoding")
-            return false
-        }
-        if head.headers.contains(name: "content-length") {
-            head.headers.remove(name: "transfer-encoding")
-            return false
-        }
-        guard head.version.major == 1 && head.version.minor >= 1 else { return false }
-        head.headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
-        return true
+    /// The head's framing made explicit, as NIO's encoder does, and whether the body is chunked.
+    static func framing(_ head: HTTPResponseHead, mayHaveBody: Bool) -> (fields: HTTP1Encoding.Framing, chunked: Bool) {
+        guard mayHaveBody else { return (.withoutBodyFields, false) }
+        if head.headers.contains(name: "content-length") { return (.byContentLength, false) }
+        guard head.version.major == 1 && head.version.minor >= 1 else { return (.asIs, false) }
+        return (.chunked, true)
     }
 }
 

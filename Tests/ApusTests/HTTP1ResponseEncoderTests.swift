@@ -49,6 +49,10 @@ struct HTTP1ResponseEncoderTests {
             (get, [head(.ok, [("content-type", "text/plain")]), body, .end(nil)]),
             (get, [head(.noContent, [("content-length", "5"), ("transfer-encoding", "chunked")]), .end(nil)]),
             (get, [head(.notModified, [("etag", "\"1\"")]), .end(nil)]),
+            // Framing fields in any case are dropped or replaced as NIO does.
+            (get, [head(.ok, [("Content-Length", "5"), ("X-A", "b"), ("Transfer-Encoding", "chunked")]), body, .end(nil)]),
+            (get, [head(.ok, [("Transfer-Encoding", "gzip"), ("X-A", "b")]), body, .end(nil)]),
+            (get, [head(.noContent, [("Content-Length", "0"), ("X-A", "b"), ("TRANSFER-ENCODING", "chunked")]), .end(nil)]),
             (get, [head(.custom(code: 299, reasonPhrase: "Fine"), [("content-length", "5")]), body, .end(nil)]),
             (get, [head(.badGateway, [("content-length", "5"), ("connection", "close")]), body, .end(nil)]),
             ("HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n", [head(.ok, [("content-length", "5")]), body, .end(nil)]),

@@ -32,6 +32,10 @@ struct UpstreamRequestEncoderTests {
             [.head(head(.POST, [("host", "x"), ("content-length", "5"), ("transfer-encoding", "chunked")])), .body(.byteBuffer(body)), .end(nil)],
             [.head(head(.PUT, [("host", "x")])), .body(.byteBuffer(body)), .end(trailers)],
             [.head(head(.TRACE, [("content-length", "5")])), .end(nil)],
+            // Framing fields in any case are dropped or replaced as NIO does.
+            [.head(head(.TRACE, [("Content-Length", "5"), ("Host", "x"), ("Transfer-Encoding", "chunked")])), .end(nil)],
+            [.head(head(.PUT, [("Transfer-Encoding", "gzip"), ("Host", "x")])), .body(.byteBuffer(body)), .end(nil)],
+            [.head(head(.GET, [("Content-Length", "5"), ("Transfer-Encoding", "chunked")])), .body(.byteBuffer(body)), .end(nil)],
             [.head(head(.GET, [("transfer-encoding", "chunked")])), .body(.byteBuffer(body)), .end(nil)],
             [.head(head(.DELETE, [("content-length", "5")])), .body(.byteBuffer(body)), .end(nil)],
             [.head(head(.POST, [("host", "x")], version: .http1_0)), .body(.byteBuffer(body)), .end(nil)],
