@@ -18,7 +18,7 @@ public final class TLSCertificateStore: Sendable {
     private struct Loaded: Sendable {
         let context: NIOSSLContext
         let sni: [(names: [String], chain: [NIOSSLCertificate], key: NIOSSLPrivateKey)]
-        let modificationTimes: [String: Date]
+        let stamps: [String: FileStamp?]
     }
 
     /// The listener this store serves.
@@ -37,8 +37,8 @@ public final class TLSCertificateStore: Sendable {
 
     /// Whether any of the files changed since the last successful load.
     func filesChanged() -> Bool {
-        let known = current.withLockedValue { $0!.modificationTimes }
-        return known.contains { path, time in Self.modificationTime(path) != time }
+        let known = current.withLockedValue { $0!.stamps }
+        return known.contains { path, stamp in FileStamp(path) != stamp }
     }
 
     /// Re-reads the files; on any problem the old certificates stay and the error is thrown.
@@ -52,12 +52,8 @@ public final class TLSCertificateStore: Sendable {
             + listener.sni.flatMap { [$0.certificate, $0.privateKey] }
     }
 
-    private static func modificationTime(_ path: String) -> Date? {
-        (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
-    }
-
     private func load() throws -> Loaded {
-        let times = Dictionary(files.map { ($0, Self.modificationTime($0) ?? .distantPast) }, uniquingKeysWith: { a, _ in a })
+        let stamps = Dictionary(files.map { ($0, FileStamp($0)) }, uniquingKeysWith: { a, _ in a })
         let (chain, key) = try Self.loadPair(certificate: listener.certificate, key: listener.privateKey)
         var sni: [(names: [String], chain: [NIOSSLCertificate], key: NIOSSLPrivateKey)] = []
         for entry in listener.sni {
@@ -99,7 +95,7 @@ public final class TLSCertificateStore: Sendable {
         } catch {
             throw TLSConfigError(description: "TLS listener \(listener.listen): cannot build a TLS context: \(error)")
         }
-        return Loaded(context: context, sni: sni, modificationTimes: times)
+        return Loaded(context: context, sni: sni, stamps: stamps)
     }
 
     /// `*.example.com` matches exactly one leading label.
@@ -147,5 +143,36 @@ public final class TLSCertificateStore: Sendable {
     private static func format(_ value: time_t) -> String {
         let formatter = ISO8601DateFormatter()
         return formatter.string(from: Date(timeIntervalSince1970: TimeInterval(value)))
+    }
+}
+
+/// What the reload check compares: the file a path leads to (symbolic links
+/// followed), its size and its modification time. A Kubernetes secret volume
+/// updates by swapping a `..data` link, so the configured path and the link it
+/// names keep their own times: only the file at the end of the links changes,
+/// often as a new inode. One `stat` call (a `FileManager` attributes lookup read
+/// the link itself, and `/etc/passwd` and `/etc/group` for the owner's names,
+/// every second).
+struct FileStamp: Equatable, Sendable {
+    let device: UInt64
+    let inode: UInt64
+    let size: Int64
+    let modifiedSeconds: Int
+    let modifiedNanoseconds: Int
+
+    /// `nil` when nothing can be read at `path`.
+    init?(_ path: String) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        device = UInt64(info.st_dev)
+        inode = UInt64(info.st_ino)
+        size = Int64(info.st_size)
+        #if canImport(Darwin)
+        modifiedSeconds = info.st_mtimespec.tv_sec
+        modifiedNanoseconds = info.st_mtimespec.tv_nsec
+        #else
+        modifiedSeconds = info.st_mtim.tv_sec
+        modifiedNanoseconds = info.st_mtim.tv_nsec
+        #endif
     }
 }

@@ -319,6 +319,34 @@ def test_certificate_reload_keeps_open_connections_and_survives_a_broken_file(tl
     assert httpx.get(f"https://localhost:{port}/hello/c", verify=ssl.create_default_context(cafile=str(pki["ca"]))).status_code == 200
 
 
+def test_a_certificate_rotated_as_kubernetes_does_it_is_picked_up(gateway_factory, uvicorn_backend, pki, tmp_path):
+    # A Kubernetes secret volume: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>; an update writes a
+    # new timestamped folder and swaps ..data in one rename, so the files the config names never change.
+    secret = tmp_path / "secret"
+    secret.mkdir()
+
+    def version(name, cert, key):
+        folder = secret / name
+        folder.mkdir()
+        cert_path, _ = write_pair(folder, "tls", cert, key)  # tls.pem and tls.key
+        os.replace(cert_path, folder / "tls.crt")
+
+    version("..2026_11_29_a", *pki["authority"].issue("localhost", ["localhost", "127.0.0.1"]))
+    os.symlink("..2026_11_29_a", secret / "..data")
+    for name in ["tls.crt", "tls.key"]:
+        os.symlink(f"..data/{name}", secret / name)
+    port = free_port()
+    gateway_factory(f"unix:{uvicorn_backend.socket_path}", server_extra=(
+        f'[[server.tls]]\nlisten = "127.0.0.1:{port}"\ncertificate = "{secret / "tls.crt"}"\n'
+        f'private_key = "{secret / "tls.key"}"\n'))
+    wait_for(lambda: can_connect_tcp(port), 10, "TLS listener")
+    before = peer_serial(port, pki["ca"])
+    version("..2026_11_29_b", *pki["authority"].issue("localhost", ["localhost", "127.0.0.1"]))
+    os.symlink("..2026_11_29_b", secret / "..data_tmp")
+    os.replace(secret / "..data_tmp", secret / "..data")
+    wait_for(lambda: peer_serial(port, pki["ca"]) != before, 10, "rotated certificate served")
+
+
 def run_check(config_text, tmp_path):
     config = tmp_path / "tls.conf"
     config.write_text(config_text)
