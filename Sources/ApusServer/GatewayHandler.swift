@@ -394,8 +394,10 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func nativeCompleted(_ response: NativeResponse, generation: Int) {
         guard generation == self.generation, case .native = state, let context, var info else { return }
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(response.headers.count + 4)
+        // Collected as pairs and made `HTTPHeaders` once: `HTTPHeaders.add` checks each
+        // name again, and these were checked here (`HeaderRules`) or are the gateway's own.
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(response.headers.count + 5)
         var status = response.status
         var body = response.body
         for (name, value) in response.headers {
@@ -404,12 +406,11 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     "native handler returned an invalid header; answering 500",
                     metadata: ["handler.name": "\(library(of: state)?.name ?? "?")", "header": "\(name)"])
                 status = 500
-                headers = HTTPHeaders()
                 body = Array(#"{"error":"handler returned an invalid header"}"#.utf8)
-                headers.add(name: "content-type", value: "application/json")
+                fields = [("content-type", "application/json")]
                 break
             }
-            if !HeaderRules.isGatewayOwned(name.utf8) { headers.add(name: name, value: value) }
+            if !HeaderRules.isGatewayOwned(name.utf8) { fields.append((name, value)) }
         }
         if !(200...599).contains(status) {
             shared.logger.error("native handler returned status \(status); answering 500")
@@ -417,13 +418,14 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         // 204 and 304 carry no body (and over HTTP/2 a DATA frame on them is a protocol error).
         let mayHaveBody = HTTPResponseStatus(statusCode: status).mayHaveResponseBody
-        if mayHaveBody { headers.add(name: "content-length", value: String(body.count)) }
-        headers.add(name: "date", value: loop.dateHeader())
-        headers.add(name: "x-request-id", value: info.requestID)
-        if !info.keepAlive { headers.add(name: "connection", value: "close") }
-        if let hsts = shared.hsts { headers.add(name: "strict-transport-security", value: hsts) }
+        if mayHaveBody { fields.append(("content-length", String(body.count))) }
+        fields.append(("date", loop.dateHeader()))
+        fields.append(("x-request-id", info.requestID))
+        if !info.keepAlive { fields.append(("connection", "close")) }
+        if let hsts = shared.hsts { fields.append(("strict-transport-security", hsts)) }
         info.status = status
-        let head = HTTPResponseHead(version: info.version, status: HTTPResponseStatus(statusCode: status), headers: headers)
+        let head = HTTPResponseHead(
+            version: info.version, status: HTTPResponseStatus(statusCode: status), headers: HTTPHeaders(fields))
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if info.method != .HEAD && mayHaveBody && !body.isEmpty {
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
