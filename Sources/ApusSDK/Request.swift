@@ -57,16 +57,27 @@ public struct Headers: Sendable, Sequence {
     /// Creates a header list.
     public init(_ fields: [(name: String, value: String)] = []) { self.fields = fields }
 
-    /// The first value for `name`, compared case-insensitively.
+    /// The first value for `name`, compared case-insensitively (ASCII letters:
+    /// header names are ASCII tokens; compared in place, not lowercased copies).
     public subscript(_ name: String) -> String? {
-        let wanted = name.lowercased()
-        return fields.first { $0.name.lowercased() == wanted }?.value
+        fields.first { sameIgnoringASCIICase($0.name, name) }?.value
     }
 
     /// Appends a field.
     public mutating func add(_ name: String, _ value: String) { fields.append((name, value)) }
 
     public func makeIterator() -> IndexingIterator<[(name: String, value: String)]> { fields.makeIterator() }
+}
+
+/// Whether two names are equal when ASCII letters are folded to lower case.
+func sameIgnoringASCIICase(_ a: String, _ b: String) -> Bool {
+    let a = a.utf8, b = b.utf8
+    guard a.count == b.count else { return false }
+    for (x, y) in zip(a, b) where x != y {
+        let lower = x | 0x20
+        guard lower == y | 0x20, lower >= UInt8(ascii: "a"), lower <= UInt8(ascii: "z") else { return false }
+    }
+    return true
 }
 
 /// Percent-decodes a query component; `+` stands for a space there.

@@ -74,3 +74,18 @@ struct JSONWriterTests {
         #expect(request.queryParameter("e") == nil)
     }
 }
+
+@Suite("SDK headers")
+struct SDKHeadersTests {
+    @Test func lookupIgnoresASCIICaseAndTakesTheFirst() {
+        let headers = Headers([("Content-Type", "a"), ("X-Trace", "1"), ("x-trace", "2"), ("X-[", "bracket")])
+        #expect(headers["content-type"] == "a")
+        #expect(headers["CONTENT-TYPE"] == "a")
+        #expect(headers["x-trace"] == "1")
+        #expect(headers["x-trac"] == nil)
+        #expect(headers["missing"] == nil)
+        // Only letters fold: "[" (0x5B) and "{" (0x7B) differ by the same bit.
+        #expect(headers["x-{"] == nil)
+        #expect(headers["X-["] == "bracket")
+    }
+}
