@@ -18,31 +18,34 @@ public final class TLSCertificateStore: Sendable {
     private struct Loaded: Sendable {
         let context: NIOSSLContext
         let sni: [(names: [String], chain: [NIOSSLCertificate], key: NIOSSLPrivateKey)]
-        let stamps: [String: FileStamp?]
     }
 
     /// The listener this store serves.
     public let listener: GatewayConfig.TLSListener
     private let current: NIOLockedValueBox<Loaded?> = NIOLockedValueBox(nil)
+    /// The files as they were at the last load, whether it worked or not: a file
+    /// that failed to load is tried again when it changes again, not every second.
+    private let attempted: NIOLockedValueBox<[String: FileStamp?]> = NIOLockedValueBox([:])
 
     /// Loads and checks every file; throws with the file and the problem.
     public init(listener: GatewayConfig.TLSListener) throws {
         self.listener = listener
-        let loaded = try load()
-        current.withLockedValue { $0 = loaded }
+        try reload()
     }
 
     /// The context new connections use.
     var context: NIOSSLContext { current.withLockedValue { $0!.context } }
 
-    /// Whether any of the files changed since the last successful load.
+    /// Whether any of the files changed since the last load (successful or not).
     func filesChanged() -> Bool {
-        let known = current.withLockedValue { $0!.stamps }
-        return known.contains { path, stamp in FileStamp(path) != stamp }
+        attempted.withLockedValue { $0 }.contains { path, stamp in FileStamp(path) != stamp }
     }
 
     /// Re-reads the files; on any problem the old certificates stay and the error is thrown.
     public func reload() throws {
+        // Taken before the files are read: a change while they are read shows as a change next time.
+        let stamps = Dictionary(files.map { ($0, FileStamp($0)) }, uniquingKeysWith: { a, _ in a })
+        attempted.withLockedValue { $0 = stamps }
         let loaded = try load()
         current.withLockedValue { $0 = loaded }
     }
@@ -53,7 +56,6 @@ public final class TLSCertificateStore: Sendable {
     }
 
     private func load() throws -> Loaded {
-        let stamps = Dictionary(files.map { ($0, FileStamp($0)) }, uniquingKeysWith: { a, _ in a })
         let (chain, key) = try Self.loadPair(certificate: listener.certificate, key: listener.privateKey)
         var sni: [(names: [String], chain: [NIOSSLCertificate], key: NIOSSLPrivateKey)] = []
         for entry in listener.sni {
@@ -95,7 +97,7 @@ public final class TLSCertificateStore: Sendable {
         } catch {
             throw TLSConfigError(description: "TLS listener \(listener.listen): cannot build a TLS context: \(error)")
         }
-        return Loaded(context: context, sni: sni, stamps: stamps)
+        return Loaded(context: context, sni: sni)
     }
 
     /// `*.example.com` matches exactly one leading label.

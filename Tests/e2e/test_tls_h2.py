@@ -319,6 +319,22 @@ def test_certificate_reload_keeps_open_connections_and_survives_a_broken_file(tl
     assert httpx.get(f"https://localhost:{port}/hello/c", verify=ssl.create_default_context(cafile=str(pki["ca"]))).status_code == 200
 
 
+def test_a_broken_certificate_file_is_reported_once_and_the_next_good_one_is_served(tls_gateway, pki):
+    port = tls_gateway.tls_port
+    before = peer_serial(port, pki["ca"])
+    cert_path, key_path = pki["server"]
+    cert_path.write_text("not a certificate\n")
+    wait_for(lambda: "certificate reload failed" in tls_gateway.log(), 10, "reload failure logged")
+    time.sleep(2.5)  # the watcher looks every second: a file that stays broken is not tried (and logged) again
+    assert tls_gateway.log().count("certificate reload failed") == 1, tls_gateway.log()
+    assert peer_serial(port, pki["ca"]) == before
+    new_cert, new_key = pki["authority"].issue("localhost", ["localhost", "127.0.0.1"])
+    staged = write_pair(pki["folder"], "staged", new_cert, new_key)
+    os.replace(staged[1], key_path)
+    os.replace(staged[0], cert_path)
+    wait_for(lambda: peer_serial(port, pki["ca"]) != before, 10, "new certificate served")
+
+
 def test_a_certificate_rotated_as_kubernetes_does_it_is_picked_up(gateway_factory, uvicorn_backend, pki, tmp_path):
     # A Kubernetes secret volume: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>; an update writes a
     # new timestamped folder and swaps ..data in one rename, so the files the config names never change.
