@@ -337,7 +337,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     /// Writes a request part from here, not from the pipeline's tail (one hop
-    /// fewer); `flush` pushes it out.
+    /// fewer); `flush()` pushes what was written.
     func send(_ part: HTTPClientRequestPart) {
         context?.write(wrapOutboundOut(part), promise: nil)
     }

@@ -298,21 +298,26 @@ def peer_serial(port, ca):
             return tls.getpeercert()["serialNumber"]
 
 
+def replace_server_pair(pki):
+    """A new server certificate and key over the configured files, each replaced in one rename."""
+    cert_path, key_path = pki["server"]
+    new_cert, new_key = pki["authority"].issue("localhost", ["localhost", "127.0.0.1"])
+    staged = write_pair(pki["folder"], "staged", new_cert, new_key)
+    os.replace(staged[1], key_path)
+    os.replace(staged[0], cert_path)
+
+
 def test_certificate_reload_keeps_open_connections_and_survives_a_broken_file(tls_gateway, pki):
     port = tls_gateway.tls_port
     before = peer_serial(port, pki["ca"])
     with httpx.Client(verify=ssl.create_default_context(cafile=str(pki["ca"]))) as client:
         assert client.get(f"https://localhost:{port}/hello/a").status_code == 200
-        cert_path, key_path = pki["server"]
-        new_cert, new_key = pki["authority"].issue("localhost", ["localhost", "127.0.0.1"])
-        staged = write_pair(pki["folder"], "staged", new_cert, new_key)
-        os.replace(staged[1], key_path)
-        os.replace(staged[0], cert_path)
+        replace_server_pair(pki)
         wait_for(lambda: peer_serial(port, pki["ca"]) != before, 10, "new certificate served")
         # The connection opened before the reload still works.
         assert client.get(f"https://localhost:{port}/hello/b").status_code == 200
     after = peer_serial(port, pki["ca"])
-    cert_path.write_text("not a certificate\n")
+    pki["server"][0].write_text("not a certificate\n")
     tls_gateway.signal(signal.SIGHUP)
     wait_for(lambda: "certificate reload failed" in tls_gateway.log(), 10, "reload failure logged")
     assert peer_serial(port, pki["ca"]) == after
@@ -322,16 +327,12 @@ def test_certificate_reload_keeps_open_connections_and_survives_a_broken_file(tl
 def test_a_broken_certificate_file_is_reported_once_and_the_next_good_one_is_served(tls_gateway, pki):
     port = tls_gateway.tls_port
     before = peer_serial(port, pki["ca"])
-    cert_path, key_path = pki["server"]
-    cert_path.write_text("not a certificate\n")
+    pki["server"][0].write_text("not a certificate\n")
     wait_for(lambda: "certificate reload failed" in tls_gateway.log(), 10, "reload failure logged")
     time.sleep(2.5)  # the watcher looks every second: a file that stays broken is not tried (and logged) again
     assert tls_gateway.log().count("certificate reload failed") == 1, tls_gateway.log()
     assert peer_serial(port, pki["ca"]) == before
-    new_cert, new_key = pki["authority"].issue("localhost", ["localhost", "127.0.0.1"])
-    staged = write_pair(pki["folder"], "staged", new_cert, new_key)
-    os.replace(staged[1], key_path)
-    os.replace(staged[0], cert_path)
+    replace_server_pair(pki)
     wait_for(lambda: peer_serial(port, pki["ca"]) != before, 10, "new certificate served")
 
 
