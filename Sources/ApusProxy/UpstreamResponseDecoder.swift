@@ -168,7 +168,7 @@ final class UpstreamResponseDecoder: ChannelInboundHandler, RemovableChannelHand
             return true
         }
         methods.removeFirst()
-        let noBody = method == .HEAD || head.status == 204 || head.status == 304
+        let noBody = method.isHEAD || head.status == 204 || head.status == 304
         if noBody {
             state = .head
         } else if head.transferEncoding {

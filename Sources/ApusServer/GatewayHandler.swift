@@ -427,7 +427,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let head = HTTPResponseHead(
             version: info.version, status: HTTPResponseStatus(statusCode: status), headers: HTTPHeaders(fields))
         context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if info.method != .HEAD && mayHaveBody && !body.isEmpty {
+        if !info.method.isHEAD && mayHaveBody && !body.isEmpty {
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
             info.bytesOut = body.count
         }

@@ -92,7 +92,8 @@ private struct MetricCache<Key: Hashable, Metric> {
 
 /// Counts open client connections by protocol (`apus_open_connections{protocol}`):
 /// added to a connection's pipeline once its protocol is known, so it counts from
-/// being added until the connection goes away.
+/// being added until the connection goes away. It goes last in the pipeline: the
+/// handlers before it consume every request, so no request passes through it.
 final class ConnectionMetricsHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 

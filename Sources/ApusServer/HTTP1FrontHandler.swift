@@ -407,7 +407,10 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let generation = self.generation
         let started = NIODeadline.now()
         let length = head.length + head.contentLength
-        let target = pending.getString(at: pending.readerIndex + head.target.lowerBound, length: head.target.count) ?? ""
+        // The target is kept for the access log only.
+        let target =
+            shared.accessLog.isEnabled
+            ? pending.getString(at: pending.readerIndex + head.target.lowerBound, length: head.target.count) ?? "" : ""
         var requestID = loop.makeRequestID()
         if let range = head.requestID,
             let supplied = pending.getString(at: pending.readerIndex + range.lowerBound, length: range.count),

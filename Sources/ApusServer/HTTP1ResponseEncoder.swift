@@ -35,8 +35,12 @@ final class HTTP1ResponseEncoder: ChannelOutboundHandler, RemovableChannelHandle
             let code = head.status.code
             var answersConnect = false
             if !((100..<200).contains(code) && code != 101), let method = pendingMethods.popFirst() {
-                suppressBody = method == .HEAD || method == .CONNECT
-                answersConnect = method == .CONNECT
+                // Matched by case: `==` on HTTPMethod compares raw value strings (see `isHEAD`).
+                switch method {
+                case .HEAD: suppressBody = true
+                case .CONNECT: (suppressBody, answersConnect) = (true, true)
+                default: suppressBody = false
+                }
             }
             let framing = Self.framing(head, mayHaveBody: !answersConnect && head.status.mayHaveResponseBody)
             isChunked = suppressBody ? false : framing.chunked

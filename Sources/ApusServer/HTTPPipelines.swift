@@ -36,8 +36,8 @@ enum HTTPPipelines {
         let front = HTTP1FrontHandler(
             loop: loop.value, shared: shared, client: peer.description, keepAliveTimeout: settings.keepAliveTimeout,
             maxHeadBytes: settings.maxHeadBytes, decoderLimits: settings.decoderLimits, responses: encoder)
-        try sync.addHandlers([front, encoder, ConnectionMetricsHandler(http2: false)])
-        try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer, front: front))
+        let gateway = GatewayHandler(loop: loop.value, shared: shared, peer: peer, front: front)
+        try sync.addHandlers([front, encoder, gateway, ConnectionMetricsHandler(http2: false)])
     }
 
     /// Adds NIO's request decoder (llhttp), pipelining assistance and protocol-error

@@ -2,6 +2,7 @@
 
 import json
 import re
+import socket
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -71,7 +72,27 @@ def test_counters_and_histograms_move_by_exactly_the_requests_sent(gateway_facto
     assert value(after, "apus_inflight_requests") == 0  # the admin listener's own requests are not counted
     assert value(after, "apus_handler_loads_total", handler="orderbook") == 1
     assert value(after, "apus_upstream_connections") >= 1
-    assert value(after, "apus_open_connections", protocol="http1") >= 0
+
+
+def test_open_connections_gauge_counts_client_connections_while_they_are_open(gateway_factory, uvicorn_backend):
+    gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}")
+
+    def open_http1():
+        return value(scrape(gateway), "apus_open_connections", protocol="http1")
+
+    baseline = open_http1()
+    clients = [socket.create_connection(("127.0.0.1", gateway.port), timeout=5) for _ in range(3)]
+    try:
+        for index, client in enumerate(clients):
+            # A native answer and a proxied one: the connection is counted whichever path serves it.
+            path = "/orderbook/ACME?n=1" if index % 2 == 0 else "/hello/gauge"
+            client.sendall(f"GET {path} HTTP/1.1\r\nHost: apus\r\n\r\n".encode())
+            assert client.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert open_http1() == baseline + 3
+    finally:
+        for client in clients:
+            client.close()
+    wait_for(lambda: open_http1() == baseline, 5, "the gauge to drop back once the clients closed")
 
 
 def test_readyz_follows_the_backend_and_healthz_stays_up(gateway_factory, uvicorn_backend):
