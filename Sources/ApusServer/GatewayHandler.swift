@@ -298,7 +298,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The gateway answers `Expect: 100-continue` itself, as nginx does: it is
     /// about to read the body either way.
     private func sendContinueIfExpected(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        guard head.version == .http1_1,
+        guard head.version == .http1_1, head.headers.contains(name: "expect"),
             head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" })
         else { return }
         context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
@@ -632,12 +632,14 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
     /// stripped with the hop-by-hop headers and proxied as plain requests.
     fileprivate func upgradeToken(_ head: HTTPRequestHead) -> String? {
         if head.version.major >= 2 {
-            guard head.method == .CONNECT, let token = head.headers.first(name: HTTP2StreamCodec.protocolHeader)?.lowercased(),
+            guard case .CONNECT = head.method, let token = head.headers.first(name: HTTP2StreamCodec.protocolHeader)?.lowercased(),
                 shared.upgradeProtocols.contains(token)
             else { return nil }
             return token
         }
-        guard head.method == .GET,
+        // Cheapest test first: most requests carry no `Upgrade` at all. (Methods are
+        // matched by case: `==` on HTTPMethod compares raw value strings.)
+        guard head.headers.contains(name: "upgrade"), case .GET = head.method,
             head.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "upgrade" }),
             let token = head.headers[canonicalForm: "upgrade"].first.map({ $0.lowercased() }),
             shared.upgradeProtocols.contains(token)

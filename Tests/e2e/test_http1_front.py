@@ -2,6 +2,7 @@
 received bytes, everything else handed to the full codec, on one connection,
 in order. Raw sockets, so each test controls exactly which bytes arrive when."""
 
+import hashlib
 import json
 import subprocess
 import socket
@@ -123,6 +124,20 @@ def test_expect_100_continue_on_a_native_route(gateway):
         status, _, body = read_response(sock, buffered)
         assert status == 200 and json.loads(body)["body"] == "data"
 
+
+
+def test_expect_100_continue_on_a_proxied_route(gateway):
+    """The gateway answers `100 Continue` itself (as nginx does) and does not pass `Expect` on."""
+    with connect(gateway) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nexpect: 100-Continue\r\nContent-Length: 4\r\n\r\n")
+        buffered = bytearray()
+        while b"\r\n\r\n" not in buffered:
+            buffered += sock.recv(65536)
+        assert bytes(buffered).startswith(b"HTTP/1.1 100 Continue\r\n")
+        del buffered[:buffered.index(b"\r\n\r\n") + 4]
+        sock.sendall(b"data")
+        status, _, body = read_response(sock, buffered)
+        assert status == 200 and json.loads(body) == {"bytes": 4, "sha256": hashlib.sha256(b"data").hexdigest()}
 
 def test_smuggling_shapes_get_400_and_reach_no_handler(gateway):
     shapes = [
