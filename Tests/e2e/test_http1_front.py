@@ -125,9 +125,9 @@ def test_expect_100_continue_on_a_native_route(gateway):
         assert status == 200 and json.loads(body)["body"] == "data"
 
 
-
 def test_expect_100_continue_on_a_proxied_route(gateway):
-    """The gateway answers `100 Continue` itself (as nginx does) and does not pass `Expect` on."""
+    """The gateway answers `100 Continue` itself, as nginx does (a backend's interim answers are
+    not passed on, so this one is the gateway's), and the body then reaches the backend."""
     with connect(gateway) as sock:
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nexpect: 100-Continue\r\nContent-Length: 4\r\n\r\n")
         buffered = bytearray()
@@ -138,6 +138,7 @@ def test_expect_100_continue_on_a_proxied_route(gateway):
         sock.sendall(b"data")
         status, _, body = read_response(sock, buffered)
         assert status == 200 and json.loads(body) == {"bytes": 4, "sha256": hashlib.sha256(b"data").hexdigest()}
+
 
 def test_smuggling_shapes_get_400_and_reach_no_handler(gateway):
     shapes = [
