@@ -20,9 +20,11 @@ public struct NormalizedPath: Sendable, Equatable {
     /// Normalises the path part of a request target (no query), or says why it is refused.
     public init(_ rawPath: Substring) throws(PathError) {
         var path = rawPath
-        // absolute-form (RFC 9112 3.2.2): keep only the path.
-        if path.first != "/", path.hasPrefix("http://") || path.hasPrefix("https://") {
-            let afterScheme = path[path.index(path.firstIndex(of: ":")!, offsetBy: 3)...]
+        // absolute-form (RFC 9112 3.2.2; the scheme in any case): keep only the path.
+        if path.first != "/", let colon = path.firstIndex(of: ":"), path[colon...].hasPrefix("://"),
+            ["http", "https"].contains(path[..<colon].lowercased())
+        {
+            let afterScheme = path[path.index(colon, offsetBy: 3)...]
             path = afterScheme.firstIndex(of: "/").map { afterScheme[$0...] } ?? "/"
         }
         guard path.first == "/" else { throw .notOriginForm }

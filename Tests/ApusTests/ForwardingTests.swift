@@ -49,6 +49,29 @@ struct ForwardingTests {
         #expect(sized.headers["content-length"] == ["5"])
     }
 
+    @Test func absoluteFormTargetsAreSentInOriginFormWithTheirHost() {
+        let facts = ClientFacts(peerAddress: "10.0.0.1", peerIsTrusted: false, scheme: "http")
+        func upstream(_ uri: String) -> HTTPRequestHead {
+            makeUpstreamHead(
+                HTTPRequestHead(version: .http1_1, method: .GET, uri: uri, headers: HTTPHeaders([("Host", "client.example"), ("Accept", "*/*")])),
+                requestID: "r", client: facts)
+        }
+        let absolute = upstream("http://api.example:8080/orders/7?full=1")
+        #expect(absolute.uri == "/orders/7?full=1")
+        #expect(absolute.headers["host"] == ["api.example:8080"])
+        #expect(absolute.headers["x-forwarded-host"] == ["api.example:8080"])
+        #expect(absolute.headers["accept"] == ["*/*"])
+        #expect(upstream("HTTPS://user@api.example").uri == "/")
+        #expect(upstream("HTTPS://user@api.example").headers["host"] == ["api.example"])
+        #expect(upstream("http://api.example?q=1").uri == "/?q=1")
+        // Origin form, `*` and anything that is not an http(s) URI pass unchanged, with the client's Host.
+        for target in ["/orders/7?next=http://x/", "*", "ftp://files.example/a", "api.example:443"] {
+            let kept = upstream(target)
+            #expect(kept.uri == target)
+            #expect(kept.headers["host"] == ["client.example"])
+        }
+    }
+
     @Test func responseHeadsLoseHopByHopAndGainTheRequestID() {
         let response = HTTPResponseHead(
             version: .http1_1, status: .ok,

@@ -33,6 +33,7 @@ struct NormalizedPathTests {
         #expect(try normalize("/").segments == [])
         #expect(try normalize("/a/b/").hasTrailingSlash)
         #expect(try normalize("http://example.com/x/y").segments == ["x", "y"])
+        #expect(try normalize("HTTPS://example.com").segments == [])
     }
 
     @Test(arguments: [

@@ -74,6 +74,34 @@ def test_hop_by_hop_headers_are_removed(gateway):
     assert headers["x-kept"] == "2"
 
 
+
+def test_absolute_form_targets_reach_the_backend_in_origin_form(gateway):
+    """RFC 9112 3.2.2: the target's authority replaces Host, and the backend gets the path
+    (uvicorn answered an absolute-form target with 404). Native routes take the path too."""
+    import json
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET HTTP://api.example:8080/headers?a=1 HTTP/1.1\r\nHost: client.example\r\n\r\n"
+                     b"GET http://api.example/orderbook/ACME?n=1 HTTP/1.1\r\nHost: client.example\r\n\r\n")
+        data = b""
+        answers = []
+        while len(answers) < 2:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {len(answers)} answer(s): {answers!r} {data!r}"
+            data += chunk
+            while b"\r\n\r\n" in data:
+                head, rest = data.split(b"\r\n\r\n", 1)
+                length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+                if len(rest) < length:
+                    break
+                answers.append((head.split(b" ")[1], rest[:length]))
+                data = rest[length:]
+    (status, body), (native_status, native_body) = answers
+    seen = json.loads(body)
+    assert status == b"200" and seen["path"] == "/headers" and seen["query"] == "a=1"
+    assert seen["headers"]["host"] == "api.example:8080"
+    assert seen["headers"]["x-forwarded-host"] == "api.example:8080"
+    assert native_status == b"200" and json.loads(native_body)["symbol"] == "ACME"
+
 def test_pipelined_requests_are_answered_in_order(gateway):
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(b"GET /hello/one HTTP/1.1\r\nHost: x\r\n\r\n"
