@@ -39,7 +39,7 @@ int sigsuspend(const sigset_t *mask) { sigset_t copy = *mask; return (int)syscal
 
 # (name, path, over TLS + HTTP/2)
 SCENARIOS = [("native 2 KiB JSON, HTTP/1.1", "/fixed", False), ("proxied to uvicorn (UDS), HTTP/1.1", "/hello/bench", False),
-             ("native 2 KiB JSON, TLS + HTTP/2", "/fixed", True)]
+             ("native 2 KiB JSON, TLS + HTTP/2", "/fixed", True), ("proxied, TLS + HTTP/2", "/hello/bench", True)]
 
 
 def available() -> bool:

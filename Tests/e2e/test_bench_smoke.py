@@ -21,9 +21,9 @@ def test_bench_smoke_runs_every_scenario_without_errors():
     rows = [line for line in out.splitlines() if re.match(r"\| [^|]+ \| (apus|nginx) \| \d", line)]
     assert len(rows) == 12, out
     assert all(line.rstrip(" |").endswith("| 0") for line in rows), out
-    # The callgrind table: instructions per request for both servers, native and proxied over HTTP/1.1, native over TLS + HTTP/2.
+    # The callgrind table: instructions per request for both servers, native and proxied, over HTTP/1.1 and TLS + HTTP/2.
     counts = re.findall(r"^\| (native|proxied)[^|]* \| ([\d,]+) \| ([\d,]+) \| [\d.]+ \|$", out, re.M)
-    assert len(counts) == 3 and all(int(a.replace(",", "")) > 0 and int(n.replace(",", "")) > 0 for _, a, n in counts), out
+    assert len(counts) == 4 and all(int(a.replace(",", "")) > 0 and int(n.replace(",", "")) > 0 for _, a, n in counts), out
 
 
 def test_python_call_bench_smoke_checks_identical_bytes(handler_cache):
