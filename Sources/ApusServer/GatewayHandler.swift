@@ -580,19 +580,25 @@ struct PeerFacts: Sendable {
     let client: ClientFacts
     let description: String
 
-    init(_ address: SocketAddress?, shared: GatewayShared) {
+    init(remote: SocketAddress?, local: SocketAddress?, shared: GatewayShared) {
         var peer = ""
         var trusted = false
         var description = ""
-        if let address, let ip = address.ipAddress {
+        if let remote, let ip = remote.ipAddress {
             peer = ip
-            description = address.port.map { "\(ip):\($0)" } ?? ip
+            description = remote.port.map { "\(ip):\($0)" } ?? ip
             if let bytes = CIDR.parseAddress(ip) {
                 trusted = shared.trustedProxies.contains { $0.contains(bytes) }
             }
         }
+        // The address the client reached, as a Host value (`[::1]:8080` for IPv6).
+        var localAuthority = ""
+        if let local, let ip = local.ipAddress {
+            let host = ip.contains(":") ? "[\(ip)]" : ip
+            localAuthority = local.port.map { "\(host):\($0)" } ?? host
+        }
         self.description = description
-        client = ClientFacts(peerAddress: peer, peerIsTrusted: trusted, scheme: shared.scheme)
+        client = ClientFacts(peerAddress: peer, peerIsTrusted: trusted, scheme: shared.scheme, localAuthority: localAuthority)
     }
 }
 

@@ -31,7 +31,7 @@ enum HTTPPipelines {
         _ channel: any Channel, loop: NIOLoopBound<LoopState>, shared: GatewayShared, settings: PipelineSettings
     ) throws {
         let sync = channel.pipeline.syncOperations
-        let peer = PeerFacts(channel.remoteAddress, shared: shared)
+        let peer = PeerFacts(remote: channel.remoteAddress, local: channel.localAddress, shared: shared)
         let encoder = HTTP1ResponseEncoder()
         let front = HTTP1FrontHandler(
             loop: loop.value, shared: shared, client: peer.description, keepAliveTimeout: settings.keepAliveTimeout,
@@ -87,7 +87,7 @@ enum HTTPPipelines {
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = 1 << 20
         let sync = channel.pipeline.syncOperations
-        let peer = PeerFacts(channel.remoteAddress, shared: shared)
+        let peer = PeerFacts(remote: channel.remoteAddress, local: channel.localAddress, shared: shared)
         _ = try sync.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
             streamDelegate: manager.http2StreamDelegate

@@ -72,6 +72,20 @@ struct ForwardingTests {
         }
     }
 
+    @Test func aRequestWithoutHostGetsTheGatewaysAddress() {
+        let facts = ClientFacts(peerAddress: "10.0.0.1", peerIsTrusted: false, scheme: "http", localAuthority: "10.0.0.5:8080")
+        let hostless = makeUpstreamHead(
+            HTTPRequestHead(version: .http1_0, method: .GET, uri: "/health", headers: HTTPHeaders([("Accept", "*/*")])),
+            requestID: "r", client: facts)
+        #expect(hostless.version == .http1_1)
+        #expect(hostless.headers["host"] == ["10.0.0.5:8080"])
+        #expect(hostless.headers["x-forwarded-host"].isEmpty)  // the client named no host
+        let named = makeUpstreamHead(
+            HTTPRequestHead(version: .http1_0, method: .GET, uri: "/health", headers: HTTPHeaders([("host", "api.example")])),
+            requestID: "r", client: facts)
+        #expect(named.headers["host"] == ["api.example"])
+    }
+
     @Test func responseHeadsLoseHopByHopAndGainTheRequestID() {
         let response = HTTPResponseHead(
             version: .http1_1, status: .ok,

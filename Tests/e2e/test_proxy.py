@@ -102,6 +102,22 @@ def test_absolute_form_targets_reach_the_backend_in_origin_form(gateway):
     assert seen["headers"]["x-forwarded-host"] == "api.example:8080"
     assert native_status == b"200" and json.loads(native_body)["symbol"] == "ACME"
 
+
+def test_http10_request_without_host_reaches_the_backend(gateway):
+    """Load balancer health checks send `GET /health HTTP/1.0` with no Host; the backend
+    gets HTTP/1.1, which requires one (uvicorn answered 400), so the gateway's address stands in."""
+    import json
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET /headers HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.0 200 "), head
+    seen = json.loads(body)["headers"]
+    assert seen["host"] == f"127.0.0.1:{gateway.port}"
+    assert "x-forwarded-host" not in seen
+
 def test_pipelined_requests_are_answered_in_order(gateway):
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(b"GET /hello/one HTTP/1.1\r\nHost: x\r\n\r\n"
