@@ -225,6 +225,14 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             startProxy(head, context: context)
             return
         }
+        // (Heads the front handler framed carry no Transfer-Encoding: it hands those to NIO's decoder.)
+        if head.version.major == 1, let coding = Self.unsupportedTransferCoding(head.headers) {
+            // Only chunked is understood (RFC 9112 6.1: 501, as nginx answers). NIO's decoder
+            // removes the chunked framing only; passed on as chunked, the body would reach
+            // the backend still in the other coding, with nothing saying so.
+            reject(.notImplemented, "transfer coding \"\(coding)\" is not supported (only chunked is)", context: context)
+            return
+        }
         let uri = head.uri.utf8
         let queryStart = uri.firstIndex(of: UInt8(ascii: "?"))
         let rawPath = Substring(head.uri.utf8[..<(queryStart ?? uri.endIndex)])
@@ -293,6 +301,12 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         state = .proxy(exchange)
         exchange.start()
         sendContinueIfExpected(head, context: context)
+    }
+
+    /// The first transfer coding of a request other than `chunked`, if any
+    /// (`canonicalForm` splits the list and trims each item).
+    static func unsupportedTransferCoding(_ headers: HTTPHeaders) -> String? {
+        headers[canonicalForm: "transfer-encoding"].lazy.map { $0.lowercased() }.first { $0 != "chunked" }
     }
 
     /// The gateway answers `Expect: 100-continue` itself, as nginx does: it is

@@ -140,6 +140,23 @@ def test_expect_100_continue_on_a_proxied_route(gateway):
         assert status == 200 and json.loads(body) == {"bytes": 4, "sha256": hashlib.sha256(b"data").hexdigest()}
 
 
+
+def test_transfer_codings_other_than_chunked_get_501(gateway):
+    """Only chunked is understood (RFC 9112 6.1, as nginx answers): passing `gzip, chunked` on
+    as chunked would hand the backend gzip bytes with nothing saying so. Native and proxied."""
+    for path in [b"/upload", b"/echo/a/b"]:
+        with connect(gateway) as sock:
+            sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: GZIP, chunked\r\n\r\n"
+                         b"3\r\nabc\r\n0\r\n\r\n")
+            status, headers, body = read_response(sock, bytearray())
+            assert status == 501, (path, status, body)
+            assert json.loads(body)["error"] == 'transfer coding "gzip" is not supported (only chunked is)'
+            assert headers["connection"] == "close"
+    with connect(gateway) as sock:  # plain chunked still goes through
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        status, _, body = read_response(sock, bytearray())
+        assert status == 200 and json.loads(body)["bytes"] == 3
+
 def test_smuggling_shapes_get_400_and_reach_no_handler(gateway):
     shapes = [
         b"POST /echo/a/b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
