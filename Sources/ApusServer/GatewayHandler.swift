@@ -233,6 +233,15 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             reject(.notImplemented, "transfer coding \"\(coding)\" is not supported (only chunked is)", context: context)
             return
         }
+        if head.version.major == 1 {
+            // RFC 9112 3.2, as nginx answers: two Hosts could send the gateway and the
+            // backend to different sites. (HTTP/1.0 may name none: the backend gets the gateway's.)
+            let hosts = head.headers["host"].count
+            if hosts > 1 || hosts == 0 && head.version.minor >= 1 {
+                reject(.badRequest, hosts > 1 ? "more than one Host header" : "an HTTP/1.1 request needs a Host header", context: context)
+                return
+            }
+        }
         let uri = head.uri.utf8
         let queryStart = uri.firstIndex(of: UInt8(ascii: "?"))
         let rawPath = Substring(head.uri.utf8[..<(queryStart ?? uri.endIndex)])

@@ -7,7 +7,8 @@ import ApusProxy
 /// of a request head that clients actually send: `METHOD SP origin-target SP
 /// HTTP/1.x CRLF`, `name: value CRLF` lines, an empty line. Anything else — bare
 /// LF, obs-fold, a space before a colon, control bytes, a `Transfer-Encoding`,
-/// an upgrade, duplicate or odd `Content-Length`s — is `.unframeable`, and the
+/// an upgrade, duplicate or odd `Content-Length`s, a repeated `Host` (or none in
+/// HTTP/1.1) — is `.unframeable`, and the
 /// connection's bytes then go to NIO's full HTTP/1 codec (llhttp) unchanged. So
 /// where this parser frames a request, both parsers agree on where it ends; where
 /// they might not, this one steps aside instead of guessing.
@@ -71,6 +72,7 @@ struct HTTP1RequestHead {
         index += 10
 
         var sawContentLength = false
+        var hosts = 0
         var connectionKeepAlive = false
         var connectionClose = false
         while true {
@@ -127,6 +129,8 @@ struct HTTP1RequestHead {
                         return .unframeable
                     }
                 }
+            case .host:
+                hosts += 1
             case .expect:
                 head.expects = true
             case .requestID:
@@ -135,6 +139,8 @@ struct HTTP1RequestHead {
                 break
             }
         }
+        // Two Hosts, or none in HTTP/1.1: the gateway answers 400 (RFC 9112 3.2) from NIO's codec.
+        guard hosts == 1 || hosts == 0 && head.minorVersion == 0 else { return .unframeable }
         if connectionClose {
             head.keepAlive = false
         } else if connectionKeepAlive {
@@ -155,7 +161,7 @@ struct HTTP1RequestHead {
     private static func isUpper(_ byte: UInt8) -> Bool { byte >= 0x41 && byte <= 0x5A }
 
     private enum KnownHeader {
-        case contentLength, transferEncoding, upgrade, connection, expect, requestID, other
+        case contentLength, transferEncoding, upgrade, connection, host, expect, requestID, other
     }
 
     /// The headers that decide framing or handling, found by length first so most names cost one compare.
@@ -165,6 +171,7 @@ struct HTTP1RequestHead {
         case 17: return HeaderRules.equalsLowercase(bytes[name], "transfer-encoding") ? .transferEncoding : .other
         case 7: return HeaderRules.equalsLowercase(bytes[name], "upgrade") ? .upgrade : .other
         case 10: return HeaderRules.equalsLowercase(bytes[name], "connection") ? .connection : .other
+        case 4: return HeaderRules.equalsLowercase(bytes[name], "host") ? .host : .other
         case 6: return HeaderRules.equalsLowercase(bytes[name], "expect") ? .expect : .other
         case 12: return HeaderRules.equalsLowercase(bytes[name], "x-request-id") ? .requestID : .other
         default: return .other
