@@ -171,8 +171,8 @@ final class UpstreamResponseDecoder: ChannelInboundHandler, RemovableChannelHand
         let noBody = method.isHEAD || head.status == 204 || head.status == 304
         if noBody {
             state = .head
-        } else if head.transferEncoding {
-            state = head.chunked ? .chunkSize : .untilClose
+        } else if head.chunked {
+            state = .chunkSize
         } else if let length = head.contentLength {
             state = length > 0 ? .fixedBody(remaining: length) : .head
         } else {
@@ -240,8 +240,7 @@ enum ResponseHeadScanner {
         /// Bytes of the head, including the empty line that ends it.
         var length = 0
         var contentLength: Int?
-        var transferEncoding = false
-        /// Whether `chunked` is the final transfer coding.
+        /// `Transfer-Encoding: chunked` (the only transfer coding accepted).
         var chunked = false
     }
 
@@ -311,13 +310,18 @@ enum ResponseHeadScanner {
                 }
                 head.contentLength = length
             case 17 where HTTPSyntax.equalsLowercase(bytes, field.name, "transfer-encoding"):
-                head.transferEncoding = true
-                head.chunked = endsWithChunked(bytes, field.value)
+                // Only chunked: the client connection is framed anew, and any other coding
+                // would reach the client undone and unannounced (nginx answers 502 too).
+                guard !head.chunked else { return .invalid("the response has more than one Transfer-Encoding") }
+                guard isOnlyChunked(bytes, field.value) else {
+                    return .invalid("the response uses a transfer coding other than chunked")
+                }
+                head.chunked = true
             default:
                 break
             }
         }
-        if head.transferEncoding && head.contentLength != nil {
+        if head.chunked && head.contentLength != nil {
             return .invalid("the response has both Content-Length and Transfer-Encoding")
         }
         return .complete(head)
@@ -410,12 +414,9 @@ enum ResponseHeadScanner {
         }
     }
 
-    /// Whether the last coding in a `Transfer-Encoding` value is `chunked`.
-    private static func endsWithChunked(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
-        var end = range.upperBound
-        while end > range.lowerBound, bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09 || bytes[end - 1] == 0x2C { end -= 1 }
-        var start = end
-        while start > range.lowerBound, bytes[start - 1] != 0x2C, bytes[start - 1] != 0x20, bytes[start - 1] != 0x09 { start -= 1 }
-        return HTTPSyntax.equalsLowercase(bytes, start..<end, "chunked")
+    /// Whether a `Transfer-Encoding` value is `chunked` alone (values come without
+    /// surrounding whitespace).
+    private static func isOnlyChunked(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
+        HTTPSyntax.equalsLowercase(bytes, range, "chunked")
     }
 }

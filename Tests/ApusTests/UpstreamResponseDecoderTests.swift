@@ -79,6 +79,7 @@ struct UpstreamResponseDecoderTests {
             ([.GET], "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false),
             ([.GET], "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n", false),
             ([.GET], "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\nX-Checksum: abc\r\n\r\n", false),
+            ([.GET], "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
             ([.GET], "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nread until the connection ends", true),
             ([.GET], "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", false),
             ([.GET], "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n", false),
@@ -126,6 +127,9 @@ struct UpstreamResponseDecoderTests {
             ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 200 OK\r\n\r\n", "answer no request"),
             ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "start with its size"),
             ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiX\r\n0\r\n\r\n", "not followed by a line break"),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "transfer coding other than chunked"),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx", "transfer coding other than chunked"),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "more than one Transfer-Encoding"),
         ]
         for (response, reason) in cases {
             let events = try decode(apus: true, [.GET], response, split: split)

@@ -336,6 +336,7 @@ def test_a_malformed_backend_response_gets_502_with_the_reason_and_the_gateway_k
         "/obs-fold": "folded over lines",
         "/cl-and-te": "both Content-Length and Transfer-Encoding",
         "/two-lengths": "more than one Content-Length",
+        "/gzip-coded": "transfer coding other than chunked",
         "/not-http": "status line",
     }
     for path, reason in reasons.items():
