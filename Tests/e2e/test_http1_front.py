@@ -112,33 +112,33 @@ def test_chunked_body_to_a_native_route_goes_through_the_codec_and_the_connectio
         assert status == 200 and json.loads(body)["params"]["name"] == "next"
 
 
-def test_expect_100_continue_on_a_native_route(gateway):
+def send_body_after_100_continue(gateway, head: bytes, body: bytes) -> tuple[int, dict, bytes]:
+    """Sends a head that expects 100-continue, waits for the `100 Continue`, then sends the body."""
     with connect(gateway) as sock:
-        sock.sendall(b"POST /echo/expect/x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        sock.sendall(head)
         buffered = bytearray()
         while b"\r\n\r\n" not in buffered:
-            buffered += sock.recv(65536)
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed before 100 Continue; got {bytes(buffered)!r}"
+            buffered += chunk
         assert bytes(buffered).startswith(b"HTTP/1.1 100 Continue\r\n")
         del buffered[:buffered.index(b"\r\n\r\n") + 4]
-        sock.sendall(b"data")
-        status, _, body = read_response(sock, buffered)
-        assert status == 200 and json.loads(body)["body"] == "data"
+        sock.sendall(body)
+        return read_response(sock, buffered)
+
+
+def test_expect_100_continue_on_a_native_route(gateway):
+    status, _, body = send_body_after_100_continue(
+        gateway, b"POST /echo/expect/x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n", b"data")
+    assert status == 200 and json.loads(body)["body"] == "data"
 
 
 def test_expect_100_continue_on_a_proxied_route(gateway):
     """The gateway answers `100 Continue` itself, as nginx does (a backend's interim answers are
     not passed on, so this one is the gateway's), and the body then reaches the backend."""
-    with connect(gateway) as sock:
-        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nexpect: 100-Continue\r\nContent-Length: 4\r\n\r\n")
-        buffered = bytearray()
-        while b"\r\n\r\n" not in buffered:
-            buffered += sock.recv(65536)
-        assert bytes(buffered).startswith(b"HTTP/1.1 100 Continue\r\n")
-        del buffered[:buffered.index(b"\r\n\r\n") + 4]
-        sock.sendall(b"data")
-        status, _, body = read_response(sock, buffered)
-        assert status == 200 and json.loads(body) == {"bytes": 4, "sha256": hashlib.sha256(b"data").hexdigest()}
-
+    status, _, body = send_body_after_100_continue(
+        gateway, b"POST /upload HTTP/1.1\r\nHost: x\r\nexpect: 100-Continue\r\nContent-Length: 4\r\n\r\n", b"data")
+    assert status == 200 and json.loads(body) == {"bytes": 4, "sha256": hashlib.sha256(b"data").hexdigest()}
 
 
 def test_transfer_codings_other_than_chunked_get_501(gateway):
