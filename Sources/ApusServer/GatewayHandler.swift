@@ -225,17 +225,18 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             startProxy(head, context: context)
             return
         }
-        // (Heads the front handler framed carry no Transfer-Encoding: it hands those to NIO's decoder.)
-        if head.version.major == 1, let coding = Self.unsupportedTransferCoding(head.headers) {
-            // Only chunked is understood (RFC 9112 6.1: 501, as nginx answers). NIO's decoder
-            // removes the chunked framing only; passed on as chunked, the body would reach
-            // the backend still in the other coding, with nothing saying so.
-            reject(.notImplemented, "transfer coding \"\(coding)\" is not supported (only chunked is)", context: context)
-            return
-        }
+        // HTTP/1 heads from NIO's decoder (the front handler frames none with a
+        // Transfer-Encoding, or with two Hosts or none in HTTP/1.1), checked as nginx does.
         if head.version.major == 1 {
-            // RFC 9112 3.2, as nginx answers: two Hosts could send the gateway and the
-            // backend to different sites. (HTTP/1.0 may name none: the backend gets the gateway's.)
+            if let coding = Self.unsupportedTransferCoding(head.headers) {
+                // Only chunked is understood (RFC 9112 6.1: 501). NIO's decoder removes the
+                // chunked framing only; passed on as chunked, the body would reach the
+                // backend still in the other coding, with nothing saying so.
+                reject(.notImplemented, "transfer coding \"\(coding)\" is not supported (only chunked is)", context: context)
+                return
+            }
+            // RFC 9112 3.2: two Hosts could send the gateway and the backend to different
+            // sites. (HTTP/1.0 may name none: the backend then gets the gateway's address.)
             let hosts = head.headers["host"].count
             if hosts > 1 || hosts == 0 && head.version.minor >= 1 {
                 reject(.badRequest, hosts > 1 ? "more than one Host header" : "an HTTP/1.1 request needs a Host header", context: context)
