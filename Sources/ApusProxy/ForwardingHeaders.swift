@@ -181,6 +181,16 @@ public func makeDownstreamHead(
         headers.append((name, value))
     }
     headers.append(("x-request-id", requestID))
-    if !keepAlive { headers.append(("connection", "close")) }
+    if let field = connectionField(version: version, keepAlive: keepAlive) { headers.append(field) }
     return HTTPResponseHead(version: version, status: head.status, headers: HTTPHeaders(headers))
+}
+
+/// The `Connection` field an HTTP/1 response needs: `close` when the connection
+/// ends after it; `keep-alive` when an HTTP/1.0 client asked to keep it (HTTP/1.0
+/// connections close by default, so such a client waits for the close unless told,
+/// as ApacheBench's `-k` does); none otherwise.
+public func connectionField(version: HTTPVersion, keepAlive: Bool) -> (String, String)? {
+    guard version.major == 1 else { return nil }
+    if !keepAlive { return ("connection", "close") }
+    return version.minor == 0 ? ("connection", "keep-alive") : nil
 }

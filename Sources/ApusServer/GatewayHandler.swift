@@ -445,7 +445,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if mayHaveBody { fields.append(("content-length", String(body.count))) }
         fields.append(("date", loop.dateHeader()))
         fields.append(("x-request-id", info.requestID))
-        if !info.keepAlive { fields.append(("connection", "close")) }
+        if let field = connectionField(version: info.version, keepAlive: info.keepAlive) { fields.append(field) }
         if let hsts = shared.hsts { fields.append(("strict-transport-security", hsts)) }
         info.status = status
         let head = HTTPResponseHead(
@@ -489,7 +489,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         headers.add(name: "date", value: loop.dateHeader())
         headers.add(name: "x-request-id", value: info.requestID)
         if retryAfter { headers.add(name: "retry-after", value: "1") }
-        if close && info.version.major == 1 { headers.add(name: "connection", value: "close") }
+        if let (name, value) = connectionField(version: info.version, keepAlive: !close) { headers.add(name: name, value: value) }
         if let hsts = shared.hsts { headers.add(name: "strict-transport-security", value: hsts) }
         info.status = Int(status.code)
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: info.version, status: status, headers: headers))), promise: nil)

@@ -89,10 +89,17 @@ struct NativeHTTP1Response: Sendable {
         return Written(status: 500, bodyBytes: sentBody.utf8.count)
     }
 
+    /// `Connection`, as `connectionField` decides it: `close`, or `keep-alive` for an
+    /// HTTP/1.0 client that asked to keep the connection (it would wait for the close).
+    private var connectionLine: StaticString? {
+        if !keepAlive { return "connection: close\r\n" }
+        return minorVersion == 0 ? "connection: keep-alive\r\n" : nil
+    }
+
     private func gatewayHeadersSize(contentLength: Int?) -> Int {
         var size = 6 + date.utf8.count + 2 + 14 + requestID.utf8.count + 2 + 2
         if let contentLength { size += 16 + ResponseCursor.decimalDigits(contentLength) + 2 }
-        if !keepAlive { size += 19 }
+        if let connectionLine { size += connectionLine.utf8CodeUnitCount }
         if let hsts { size += 27 + hsts.utf8.count + 2 }
         return size
     }
@@ -108,7 +115,7 @@ struct NativeHTTP1Response: Sendable {
         cursor.append("\r\nx-request-id: ")
         cursor.append(requestID)
         cursor.append("\r\n")
-        if !keepAlive { cursor.append("connection: close\r\n") }
+        if let connectionLine { cursor.append(connectionLine) }
         if let hsts {
             cursor.append("strict-transport-security: ")
             cursor.append(hsts)

@@ -1,3 +1,4 @@
+import ApusProxy
 import NIOCore
 import NIOHTTP1
 
@@ -10,7 +11,9 @@ func writeSimpleResponse(
 ) {
     var headers = HTTPHeaders(extra)
     headers.add(name: "content-length", value: String(body.count))
-    if !request.isKeepAlive { headers.add(name: "connection", value: "close") }
+    if let (name, value) = connectionField(version: request.version, keepAlive: request.isKeepAlive) {
+        headers.add(name: name, value: value)
+    }
     let head = HTTPResponseHead(version: request.version, status: status, headers: headers)
     context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
     if request.method != .HEAD && !body.isEmpty {

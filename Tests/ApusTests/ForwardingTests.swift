@@ -94,5 +94,9 @@ struct ForwardingTests {
         #expect(out.headers["x-internal"].isEmpty && out.headers["transfer-encoding"].isEmpty && out.headers["connection"].isEmpty)
         #expect(out.headers["x-request-id"] == ["rid"])
         #expect(out.headers["content-type"] == ["a/b"])
+        // `Connection` is this hop's: close when the connection ends, keep-alive for an HTTP/1.0 client kept.
+        #expect(makeDownstreamHead(response, version: .http1_1, requestID: "r", keepAlive: false).headers["connection"] == ["close"])
+        #expect(makeDownstreamHead(response, version: .http1_0, requestID: "r", keepAlive: true).headers["connection"] == ["keep-alive"])
+        #expect(makeDownstreamHead(response, version: .http1_0, requestID: "r", keepAlive: false).headers["connection"] == ["close"])
     }
 }
