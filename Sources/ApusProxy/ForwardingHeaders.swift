@@ -57,16 +57,23 @@ public struct ClientFacts: Sendable {
     public var peerIsTrusted: Bool
     /// `http` or `https`, as the request arrived here.
     public var scheme: String
-    /// The gateway's own address as the client reached it (`10.0.0.5:8080`), the
-    /// `Host` of a request that names none (HTTP/1.0 allows that; the backend gets
-    /// HTTP/1.1, which requires it). Empty when unknown.
-    public var localAuthority: String
+    /// The gateway's own address as the client reached it: the `Host` of a request
+    /// that names none (HTTP/1.0 allows that; the backend gets HTTP/1.1, which
+    /// requires it). Kept as the address and made text only for such a request.
+    public var localAddress: SocketAddress?
 
-    public init(peerAddress: String, peerIsTrusted: Bool, scheme: String, localAuthority: String = "") {
+    public init(peerAddress: String, peerIsTrusted: Bool, scheme: String, localAddress: SocketAddress? = nil) {
         self.peerAddress = peerAddress
         self.peerIsTrusted = peerIsTrusted
         self.scheme = scheme
-        self.localAuthority = localAuthority
+        self.localAddress = localAddress
+    }
+
+    /// `localAddress` as a `Host` value (`10.0.0.5:8080`, `[::1]:8080`), `nil` when unknown.
+    var localAuthority: String? {
+        guard let localAddress, let ip = localAddress.ipAddress else { return nil }
+        let host = ip.contains(":") ? "[\(ip)]" : ip
+        return localAddress.port.map { "\(host):\($0)" } ?? host
     }
 }
 
@@ -120,11 +127,11 @@ public func makeUpstreamHead(_ head: HTTPRequestHead, requestID: String, client:
         }
         headers.append((name, value))
     }
-    if host == nil && !client.localAuthority.isEmpty {
+    if host == nil, let authority = client.localAuthority {
         // No Host (an HTTP/1.0 request, say a load balancer's health check): HTTP/1.1
         // requires one, and servers such as uvicorn answer 400 without it. The
         // gateway's own address stands in (nginx's `$host` falls back to its server name).
-        headers.insert(("host", client.localAuthority), at: 0)
+        headers.insert(("host", authority), at: 0)
     }
     if chunked { headers.append(("transfer-encoding", "chunked")) }
     let prior = priorFor.joined(separator: ", ")

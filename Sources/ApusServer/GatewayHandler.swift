@@ -615,14 +615,8 @@ struct PeerFacts: Sendable {
                 trusted = shared.trustedProxies.contains { $0.contains(bytes) }
             }
         }
-        // The address the client reached, as a Host value (`[::1]:8080` for IPv6).
-        var localAuthority = ""
-        if let local, let ip = local.ipAddress {
-            let host = ip.contains(":") ? "[\(ip)]" : ip
-            localAuthority = local.port.map { "\(host):\($0)" } ?? host
-        }
         self.description = description
-        client = ClientFacts(peerAddress: peer, peerIsTrusted: trusted, scheme: shared.scheme, localAuthority: localAuthority)
+        client = ClientFacts(peerAddress: peer, peerIsTrusted: trusted, scheme: shared.scheme, localAddress: local)
     }
 }
 

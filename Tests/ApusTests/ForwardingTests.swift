@@ -1,4 +1,5 @@
 import ApusProxy
+import NIOCore
 import NIOHTTP1
 import Testing
 
@@ -72,8 +73,9 @@ struct ForwardingTests {
         }
     }
 
-    @Test func aRequestWithoutHostGetsTheGatewaysAddress() {
-        let facts = ClientFacts(peerAddress: "10.0.0.1", peerIsTrusted: false, scheme: "http", localAuthority: "10.0.0.5:8080")
+    @Test func aRequestWithoutHostGetsTheGatewaysAddress() throws {
+        let facts = ClientFacts(
+            peerAddress: "10.0.0.1", peerIsTrusted: false, scheme: "http", localAddress: try SocketAddress(ipAddress: "10.0.0.5", port: 8080))
         let hostless = makeUpstreamHead(
             HTTPRequestHead(version: .http1_0, method: .GET, uri: "/health", headers: HTTPHeaders([("Accept", "*/*")])),
             requestID: "r", client: facts)
@@ -84,6 +86,10 @@ struct ForwardingTests {
             HTTPRequestHead(version: .http1_0, method: .GET, uri: "/health", headers: HTTPHeaders([("host", "api.example")])),
             requestID: "r", client: facts)
         #expect(named.headers["host"] == ["api.example"])
+        let overIPv6 = ClientFacts(peerAddress: "::1", peerIsTrusted: false, scheme: "http", localAddress: try SocketAddress(ipAddress: "::1", port: 8080))
+        let bracketed = makeUpstreamHead(
+            HTTPRequestHead(version: .http1_0, method: .GET, uri: "/health", headers: HTTPHeaders()), requestID: "r", client: overIPv6)
+        #expect(bracketed.headers["host"] == ["[::1]:8080"])
     }
 
     @Test func responseHeadsLoseHopByHopAndGainTheRequestID() {
