@@ -182,10 +182,68 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // Parser errors were answered with 400 by NIO's HTTPServerProtocolErrorHandler.
+        if let parserError = error as? HTTPParserError {
+            answerMalformedRequest(parserError, context: context)
+            return
+        }
         shared.logger.debug("connection error", metadata: ["error": "\(error)", "client": "\(clientDescription)"])
         context.close(promise: nil)
     }
+
+    /// NIO's HTTP/1.1 decoder met bytes that are not a valid request (the front
+    /// handler gives it every head it does not frame itself). The client gets the
+    /// gateway's JSON error with a request id, and the access log and metrics a
+    /// line, like every other answer; then the connection closes. The decoder
+    /// closes it right after this returns, so the answer is written and flushed now.
+    private func answerMalformedRequest(_ error: HTTPParserError, context: ChannelHandlerContext) {
+        switch state {
+        case .rejecting, .tunnel:
+            // Answered already, or no longer HTTP.
+            context.close(promise: nil)
+            return
+        case .proxy(let exchange): exchange.cancel()
+        case .upgrading(let exchange):
+            exchange.cancel()
+            shared.tunnels.release()
+        case .idle, .native, .proxyPending: break
+        }
+        guard context.channel.isActive, info?.status ?? 0 == 0 else {
+            // Gone, or the response has begun (a request body went bad mid-stream): closing is the only signal left.
+            abandonRequest()
+            context.close(promise: nil)
+            return
+        }
+        generation += 1  // a native handler still running for this request is answered by the error instead
+        let (status, message) = Self.answer(to: error)
+        guard info == nil else {
+            // The head was fine and routed; its body was not.
+            reject(status, message, context: context)
+            return
+        }
+        // Nothing of the request was understood.
+        info = RequestInfo(
+            method: .RAW(value: "-"), uri: "-", version: .http1_1, requestID: loop.makeRequestID(), started: .now(),
+            keepAlive: false)
+        RequestMetrics.inFlight.increment()
+        refuseUnrouted(status, message, context: context)
+    }
+
+    /// The status and message for a request NIO's decoder refused.
+    static func answer(to error: HTTPParserError) -> (HTTPResponseStatus, String) {
+        switch error {
+        case .headerOverflow: return (.requestHeaderFieldsTooLarge, "request head is larger than the limit (max_header_size)")
+        case .invalidEOFState, .closedConnection: return (.badRequest, "the connection ended in the middle of a request")
+        case .invalidMethod: return (.badRequest, "malformed request: invalid method")
+        case .invalidVersion: return (.badRequest, "malformed request: invalid HTTP version")
+        case .invalidURL, .invalidPath, .invalidQueryString, .invalidFragment, .invalidHost, .invalidPort:
+            return (.badRequest, "malformed request: invalid request target")
+        case .invalidHeaderToken: return (.badRequest, "malformed request: invalid header field")
+        case .invalidContentLength, .unexpectedContentLength: return (.badRequest, "malformed request: invalid Content-Length")
+        case .invalidChunkSize: return (.badRequest, "malformed request: invalid chunk size in the chunked body")
+        default: return (.badRequest, "malformed request")
+        }
+    }
+
 
     // MARK: outbound read gating (back-pressure towards the client)
 
@@ -232,14 +290,15 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 // Only chunked is understood (RFC 9112 6.1: 501). NIO's decoder removes the
                 // chunked framing only; passed on as chunked, the body would reach the
                 // backend still in the other coding, with nothing saying so.
-                reject(.notImplemented, "transfer coding \"\(coding)\" is not supported (only chunked is)", context: context)
+                refuseUnrouted(.notImplemented, "transfer coding \"\(coding)\" is not supported (only chunked is)", context: context)
                 return
             }
             // RFC 9112 3.2: two Hosts could send the gateway and the backend to different
             // sites. (HTTP/1.0 may name none: the backend then gets the gateway's address.)
             let hosts = head.headers["host"].count
             if hosts > 1 || hosts == 0 && head.version.minor >= 1 {
-                reject(.badRequest, hosts > 1 ? "more than one Host header" : "an HTTP/1.1 request needs a Host header", context: context)
+                refuseUnrouted(
+                    .badRequest, hosts > 1 ? "more than one Host header" : "an HTTP/1.1 request needs a Host header", context: context)
                 return
             }
         }
@@ -255,7 +314,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 startProxy(head, context: context)
                 return
             }
-            reject(.badRequest, "bad request target: \(error)", context: context)
+            refuseUnrouted(.badRequest, "bad request target: \(error)", context: context)
             return
         }
 
@@ -465,6 +524,14 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     // MARK: responses
+
+    /// `reject` for a request refused before routing: neither native nor proxied,
+    /// so the access log and metrics show kind `gateway` and route `(none)`.
+    private func refuseUnrouted(_ status: HTTPResponseStatus, _ message: String, context: ChannelHandlerContext) {
+        info?.kind = "gateway"
+        info?.route = "(none)"
+        reject(status, message, context: context)
+    }
 
     /// Writes a small JSON error response and makes the connection close after
     /// it, unless the request is already complete (then keep-alive holds).
@@ -754,7 +821,6 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
     private static func removeHTTPHandlers(_ pipeline: ChannelPipeline.SynchronousOperations) throws {
         if let handler = try? pipeline.handler(type: HTTP1FrontHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTPServerPipelineHandler.self) { pipeline.removeHandler(handler, promise: nil) }
-        if let handler = try? pipeline.handler(type: HTTPServerProtocolErrorHandler.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTP1ResponseEncoder.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: HTTP1RequestMethodRecorder.self) { pipeline.removeHandler(handler, promise: nil) }
         if let handler = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {

@@ -6,7 +6,7 @@ import NIOCore
 /// cached per event loop, so recording a request is a dictionary hit and two
 /// atomic adds, with no lock.
 ///
-/// - `apus_requests_total{route,method,status,kind}`: requests answered; `status` is the class (2xx…), `kind` native or proxy.
+/// - `apus_requests_total{route,method,status,kind}`: requests answered; `status` is the class (2xx…), `kind` native, proxy, websocket, or gateway (refused before routing: malformed, or a head the gateway does not accept; route `(none)`).
 /// - `apus_request_duration_seconds{route,kind}`: histogram of total time; native and proxied side by side.
 /// - `apus_upstream_duration_seconds{route}`: histogram of time to the backend's response head.
 /// - `apus_received_bytes_total{kind}`, `apus_sent_bytes_total{kind}`: body bytes in and out.

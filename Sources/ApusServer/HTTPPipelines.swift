@@ -40,12 +40,13 @@ enum HTTPPipelines {
         try sync.addHandlers([front, encoder, gateway, ConnectionMetricsHandler(http2: false)])
     }
 
-    /// Adds NIO's request decoder (llhttp), pipelining assistance and protocol-error
-    /// answers to an HTTP/1.1 pipeline that has Apus's response encoder: the front
-    /// handler does this when it hands a connection over, with the decoder right
-    /// behind itself. The pipelining and protocol-error handlers go behind the
-    /// response encoder (they work on response parts, so they must see them before
-    /// it encodes them). No outbound header validation: every header this pipeline
+    /// Adds NIO's request decoder (llhttp) and pipelining assistance to an HTTP/1.1
+    /// pipeline that has Apus's response encoder: the front handler does this when
+    /// it hands a connection over, with the decoder right behind itself. The
+    /// pipelining handler goes behind the response encoder (it works on response
+    /// parts, so it must see them before they are encoded). The decoder's errors
+    /// reach the gateway, which answers them (`GatewayHandler.answerMalformedRequest`).
+    /// No outbound header validation: every header this pipeline
     /// writes was already checked where it came from (the backend response decoder,
     /// `HeaderRules` for native answers, the gateway's own values).
     static func addHTTP1Decoding(
@@ -57,7 +58,7 @@ enum HTTPPipelines {
         try sync.addHandler(decoder, position: decoderPosition)
         let encoder = try sync.handler(type: HTTP1ResponseEncoder.self)
         try sync.addHandler(HTTP1RequestMethodRecorder(responses: encoder), position: .after(decoder))
-        try sync.addHandlers([HTTPServerPipelineHandler(), HTTPServerProtocolErrorHandler()], position: .after(encoder))
+        try sync.addHandler(HTTPServerPipelineHandler(), position: .after(encoder))
     }
 
     /// HTTP/2: flow control and stream limits from NIOHTTP2 (including its

@@ -3,6 +3,7 @@
 import json
 import re
 import socket
+import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -136,3 +137,56 @@ def test_trace_context_is_passed_through_or_started(gateway_factory, uvicorn_bac
 def test_trace_start_can_be_turned_off(gateway_factory, uvicorn_backend):
     gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}", server_extra="start_traces = false")
     assert "traceparent" not in httpx.get(f"{gateway.url}/headers").json()["headers"]
+
+
+def exchange_until_closed(gateway, request: bytes) -> tuple[int, dict, bytes]:
+    """Sends raw bytes, reads until the gateway closes: status, headers, body."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(request)
+        time.sleep(0.3)  # the gateway reads all of it before it answers and closes (no reset from unread bytes)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def test_malformed_requests_get_the_gateways_json_error_an_access_line_and_a_count(gateway_factory, uvicorn_backend):
+    """What NIO's decoder refuses is answered like every other refusal: the JSON error
+    with a request id, a line in the access log and a count in the metrics; then the
+    connection closes. A head nothing of which was understood counts as kind
+    `gateway`, route `(none)`; a routed request whose chunked body goes bad keeps its kind."""
+    gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}", access_log="json")
+    before = scrape(gateway)
+    refused = [
+        (b"get /hello/x HTTP/1.1\r\nHost: x\r\n\r\n", 400, "malformed request: invalid method"),
+        (b"GET /hello/x HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc", 400, "malformed request: invalid Content-Length"),
+        (b"GET /hello/x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (66 * 1024) + b"\r\n\r\n", 431,
+         "request head is larger than the limit (max_header_size)"),
+    ]
+    bad_chunk = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n"
+    ids = []
+    for request, status, error in [*refused, (bad_chunk, 400, "malformed request: invalid chunk size in the chunked body")]:
+        got, headers, body = exchange_until_closed(gateway, request)
+        assert got == status, (request[:40], got, body)
+        assert json.loads(body) == {"error": error, "request_id": headers["x-request-id"]}
+        assert headers["connection"] == "close" and headers["content-type"] == "application/json"
+        ids.append(headers["x-request-id"])
+    assert httpx.get(f"{gateway.url}/hello/still-up").status_code == 200
+
+    wait_for(lambda: all(i in gateway.log() for i in ids), 5, "access lines")
+    lines = {line["request_id"]: line for line in map(json.loads, (l for l in gateway.log().splitlines() if l.startswith("{")))
+             if line.get("request_id") in ids}
+    for (_, status, _), request_id in zip(refused, ids):
+        assert lines[request_id]["status"] == status and lines[request_id]["kind"] == "gateway", lines[request_id]
+    assert lines[ids[-1]]["status"] == 400 and lines[ids[-1]]["kind"] == "proxy"
+    assert lines[ids[-1]]["method"] == "POST" and lines[ids[-1]]["path"] == "/upload"
+
+    after = scrape(gateway)
+    assert value(after, "apus_requests_total", route="(none)", method="OTHER", status="4xx", kind="gateway") \
+        - value(before, "apus_requests_total", route="(none)", method="OTHER", status="4xx", kind="gateway") == 3
+    assert value(after, "apus_requests_total", route="(backend)", method="POST", status="4xx", kind="proxy") \
+        - value(before, "apus_requests_total", route="(backend)", method="POST", status="4xx", kind="proxy") == 1
+    assert value(after, "apus_inflight_requests") == 0
