@@ -80,14 +80,12 @@ public struct ClientFacts: Sendable {
 /// Builds the request head sent to the backend: hop-by-hop fields removed,
 /// framing made explicit, `X-Forwarded-For/-Proto/-Host` and `X-Request-ID` set.
 /// Client-supplied `X-Forwarded-*` survive only from trusted peers; from anyone
-/// else they are replaced, so a client cannot forge its address. A target in
-/// absolute form (`http://host/path`) is sent in origin form (`/path`) with
-/// `Host` taken from it, as RFC 9112 3.2.2 asks of a proxy (and as nginx does):
-/// application servers route on the path and would not find the absolute form.
+/// else they are replaced, so a client cannot forge its address. The target is
+/// expected in origin form (the gateway rewrites absolute form first:
+/// `HTTPRequestHead.useOriginForm`).
 public func makeUpstreamHead(_ head: HTTPRequestHead, requestID: String, client: ClientFacts) -> HTTPRequestHead {
     // One pass over the client's fields, deciding each by name; the gateway's own follow.
     let named = HopByHop.connectionNamed(head.headers)
-    let target = OriginForm(head.uri)
     let chunked = head.headers.contains { field in
         equalsIgnoringCase(field.name, "transfer-encoding")
             && field.value.split(separator: ",").contains { equalsIgnoringCase("chunked", $0.filter { $0 != " " && $0 != "\t" }) }
@@ -97,15 +95,13 @@ public func makeUpstreamHead(_ head: HTTPRequestHead, requestID: String, client:
     var headers: [(String, String)] = []
     headers.reserveCapacity(head.headers.count + 5)
     var priorFor: [String] = []
-    var host = target.authority
-    if let authority = target.authority { headers.append(("host", authority)) }
+    var host: String?
     var keptProto = false
     var keptHost = false
     for (name, value) in head.headers {
         if HopByHop.stopsHere(name, named: named) { continue }
         switch name.utf8.count {
         case 4 where equalsIgnoringCase(name, "host"):
-            if target.authority != nil { continue }  // the target's authority replaces it
             host = host ?? value
         case 6 where equalsIgnoringCase(name, "expect"):
             continue  // the gateway answers 100-continue itself
@@ -143,32 +139,30 @@ public func makeUpstreamHead(_ head: HTTPRequestHead, requestID: String, client:
     if !keptProto { headers.append(("x-forwarded-proto", client.scheme)) }
     if !keptHost, let host { headers.append(("x-forwarded-host", host)) }
     headers.append(("x-request-id", requestID))
-    return HTTPRequestHead(version: .http1_1, method: head.method, uri: target.uri, headers: HTTPHeaders(headers))
+    return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: HTTPHeaders(headers))
 }
 
-/// A request target as the backend gets it: origin form unchanged; absolute form
-/// (`http://host:8080/p?q`, scheme in any case) split into its authority and
-/// the path and query (`/p?q`; `/` when the path is empty).
-struct OriginForm {
-    let uri: String
-    let authority: String?
-
-    init(_ target: String) {
-        let utf8 = target.utf8
+extension HTTPRequestHead {
+    /// Rewrites a target in absolute form (`http://host:8080/p?q`, the scheme in
+    /// any case) to origin form (`/p?q`; `/` when the path is empty), with `Host`
+    /// set to its authority: RFC 9112 3.2.2 has the server ignore the request's own
+    /// `Host` then, and nginx does the same. The gateway does this once, before
+    /// routing, so native routes, their handlers and the backend all see one form
+    /// (application servers route on the path and would not find the absolute
+    /// form). Origin form, `*` and anything that is not an http(s) URI stay as they are.
+    public mutating func useOriginForm() {
+        let utf8 = uri.utf8
         guard utf8.first != UInt8(ascii: "/"), let colon = utf8.firstIndex(of: UInt8(ascii: ":")),
-            equalsIgnoringCase(String(target[..<colon]), "http") || equalsIgnoringCase(String(target[..<colon]), "https"),
-            target[colon...].hasPrefix("://")
-        else {
-            (uri, authority) = (target, nil)
-            return
-        }
-        let afterScheme = target[target.index(colon, offsetBy: 3)...]
+            equalsIgnoringCase(String(uri[..<colon]), "http") || equalsIgnoringCase(String(uri[..<colon]), "https"),
+            uri[colon...].hasPrefix("://")
+        else { return }
+        let afterScheme = uri[uri.index(colon, offsetBy: 3)...]
         let pathStart = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? afterScheme.endIndex
         let rest = afterScheme[pathStart...]
         let authority = afterScheme[..<pathStart]
         // Userinfo (`user@host`) is not sent on (RFC 9110 4.2.4 deprecates it in http URIs).
         let host = authority.lastIndex(of: "@").map { authority[authority.index(after: $0)...] } ?? authority
-        self.authority = host.isEmpty ? nil : String(host)
+        if !host.isEmpty { headers.replaceOrAdd(name: "host", value: String(host)) }
         uri = rest.first == "/" ? String(rest) : "/" + rest
     }
 }

@@ -19,14 +19,8 @@ public struct NormalizedPath: Sendable, Equatable {
 
     /// Normalises the path part of a request target (no query), or says why it is refused.
     public init(_ rawPath: Substring) throws(PathError) {
-        var path = rawPath
-        // absolute-form (RFC 9112 3.2.2; the scheme in any case): keep only the path.
-        if path.first != "/", let colon = path.firstIndex(of: ":"), path[colon...].hasPrefix("://"),
-            ["http", "https"].contains(path[..<colon].lowercased())
-        {
-            let afterScheme = path[path.index(colon, offsetBy: 3)...]
-            path = afterScheme.firstIndex(of: "/").map { afterScheme[$0...] } ?? "/"
-        }
+        // Origin form only: the gateway rewrote absolute form before routing.
+        let path = rawPath
         guard path.first == "/" else { throw .notOriginForm }
         // One pass over the bytes after the leading `/`: each `/` or the end closes a segment.
         let bytes = path.utf8

@@ -265,7 +265,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: requests
 
-    private func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+    private func requestHead(_ received: HTTPRequestHead, context: ChannelHandlerContext) {
+        var head = received
         generation += 1
         let requestID: String
         if let supplied = head.headers.first(name: "x-request-id"), isValidRequestID(supplied) {
@@ -302,6 +303,9 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
         }
+        // Absolute form (`GET http://host/path`) becomes origin form with that Host, once, for
+        // routing, native handlers and the backend alike; the access log keeps what was sent.
+        head.useOriginForm()
         let uri = head.uri.utf8
         let queryStart = uri.firstIndex(of: UInt8(ascii: "?"))
         let rawPath = Substring(head.uri.utf8[..<(queryStart ?? uri.endIndex)])

@@ -53,9 +53,10 @@ struct ForwardingTests {
     @Test func absoluteFormTargetsAreSentInOriginFormWithTheirHost() {
         let facts = ClientFacts(peerAddress: "10.0.0.1", peerIsTrusted: false, scheme: "http")
         func upstream(_ uri: String) -> HTTPRequestHead {
-            makeUpstreamHead(
-                HTTPRequestHead(version: .http1_1, method: .GET, uri: uri, headers: HTTPHeaders([("Host", "client.example"), ("Accept", "*/*")])),
-                requestID: "r", client: facts)
+            var head = HTTPRequestHead(
+                version: .http1_1, method: .GET, uri: uri, headers: HTTPHeaders([("Host", "client.example"), ("Accept", "*/*")]))
+            head.useOriginForm()  // what the gateway does before routing
+            return makeUpstreamHead(head, requestID: "r", client: facts)
         }
         let absolute = upstream("http://api.example:8080/orders/7?full=1")
         #expect(absolute.uri == "/orders/7?full=1")

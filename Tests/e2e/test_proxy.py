@@ -77,14 +77,16 @@ def test_hop_by_hop_headers_are_removed(gateway):
 
 def test_absolute_form_targets_reach_the_backend_in_origin_form(gateway):
     """RFC 9112 3.2.2: the target's authority replaces Host, and the backend gets the path
-    (uvicorn answered an absolute-form target with 404). Native routes take the path too."""
+    (uvicorn answered an absolute-form target with 404). Native routes and their handlers
+    see the same: the path, and the authority as Host."""
     import json
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(b"GET HTTP://api.example:8080/headers?a=1 HTTP/1.1\r\nHost: client.example\r\n\r\n"
-                     b"GET http://api.example/orderbook/ACME?n=1 HTTP/1.1\r\nHost: client.example\r\n\r\n")
+                     b"GET http://api.example/orderbook/ACME?n=1 HTTP/1.1\r\nHost: client.example\r\n\r\n"
+                     b"GET http://native.example/echo/a/b?q=1 HTTP/1.1\r\nHost: client.example\r\n\r\n")
         data = b""
         answers = []
-        while len(answers) < 2:
+        while len(answers) < 3:
             chunk = sock.recv(65536)
             assert chunk, f"connection closed after {len(answers)} answer(s): {answers!r} {data!r}"
             data += chunk
@@ -95,12 +97,16 @@ def test_absolute_form_targets_reach_the_backend_in_origin_form(gateway):
                     break
                 answers.append((head.split(b" ")[1], rest[:length]))
                 data = rest[length:]
-    (status, body), (native_status, native_body) = answers
+    (status, body), (native_status, native_body), (echo_status, echo_body) = answers
     seen = json.loads(body)
     assert status == b"200" and seen["path"] == "/headers" and seen["query"] == "a=1"
     assert seen["headers"]["host"] == "api.example:8080"
     assert seen["headers"]["x-forwarded-host"] == "api.example:8080"
     assert native_status == b"200" and json.loads(native_body)["symbol"] == "ACME"
+    # A native handler sees the origin-form path and the target's authority as Host.
+    echoed = json.loads(echo_body)
+    assert echo_status == b"200" and echoed["path"] == "/echo/a/b" and echoed["q"] == "1"
+    assert echoed["host"] == "native.example"
 
 
 def test_http10_request_without_host_reaches_the_backend(gateway):

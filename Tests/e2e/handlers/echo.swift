@@ -10,6 +10,7 @@ let handler = Handler.inline { request in
             o.field("params", object: { p in
                 for (name, value) in request.pathParameters.sorted(by: { $0.key < $1.key }) { p.field(name, value) }
             })
+            o.field("host", request.headers["Host"])
             o.field("header_x_test", request.headers["X-Test"])
             o.field("header_names", array: { names in
                 for field in request.headers.fields { names.element(field.name) }
