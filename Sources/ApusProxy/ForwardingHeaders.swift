@@ -143,14 +143,20 @@ public func makeUpstreamHead(_ head: HTTPRequestHead, requestID: String, client:
 }
 
 extension HTTPRequestHead {
-    /// Rewrites a target in absolute form (`http://host:8080/p?q`, the scheme in
-    /// any case) to origin form (`/p?q`; `/` when the path is empty), with `Host`
-    /// set to its authority: RFC 9112 3.2.2 has the server ignore the request's own
-    /// `Host` then, and nginx does the same. The gateway does this once, before
-    /// routing, so native routes, their handlers and the backend all see one form
-    /// (application servers route on the path and would not find the absolute
-    /// form). Origin form, `*` and anything that is not an http(s) URI stay as they are.
+    /// Puts the target in origin form (`/path?query`), once, in the gateway before
+    /// routing, so native routes, their handlers and the backend all see one form:
+    /// - absolute form (`http://host:8080/p?q`, the scheme in any case) becomes
+    ///   `/p?q` (`/` when the path is empty) with `Host` set to its authority. RFC
+    ///   9112 3.2.2 has the server ignore the request's own `Host` then, as nginx
+    ///   does; application servers route on the path and would not find the
+    ///   absolute form;
+    /// - a fragment (`#…`) is dropped: origin form has none, clients do not send one
+    ///   (RFC 9110 4.2.5), and NIO's decoder lets it through, where it would end up
+    ///   in a route's last parameter or the query.
+    ///
+    /// `*` and targets that are not http(s) URIs stay as they are.
     public mutating func useOriginForm() {
+        if let hash = uri.utf8.firstIndex(of: UInt8(ascii: "#")) { uri = String(uri[..<hash]) }
         let utf8 = uri.utf8
         guard utf8.first != UInt8(ascii: "/"), let colon = utf8.firstIndex(of: UInt8(ascii: ":")),
             equalsIgnoringCase(String(uri[..<colon]), "http") || equalsIgnoringCase(String(uri[..<colon]), "https"),

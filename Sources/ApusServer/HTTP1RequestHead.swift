@@ -6,7 +6,7 @@ import ApusProxy
 /// The parser behind it (`HTTP1RequestHead.scan`) accepts only the canonical form
 /// of a request head that clients actually send: `METHOD SP origin-target SP
 /// HTTP/1.x CRLF`, `name: value CRLF` lines, an empty line. Anything else — bare
-/// LF, obs-fold, a space before a colon, control bytes, a `Transfer-Encoding`,
+/// LF, obs-fold, a space before a colon, control bytes, a `#` in the target, a `Transfer-Encoding`,
 /// an upgrade, duplicate or odd `Content-Length`s, a repeated `Host` (or none in
 /// HTTP/1.1) — is `.unframeable`, and the
 /// connection's bytes then go to NIO's full HTTP/1 codec (llhttp) unchanged. So
@@ -56,7 +56,8 @@ struct HTTP1RequestHead {
         head.method = 0..<index
         index += 1
         let targetStart = index
-        while index < end, bytes[index] > space, bytes[index] < 0x7F { index += 1 }
+        // A `#` (a fragment, which clients do not send) goes to the gateway, which drops it.
+        while index < end, bytes[index] > space, bytes[index] < 0x7F, bytes[index] != hash { index += 1 }
         guard index < end else { return .incomplete }
         guard index > targetStart, bytes[index] == space, bytes[targetStart] == slash else { return .unframeable }
         head.target = targetStart..<index
@@ -157,6 +158,7 @@ struct HTTP1RequestHead {
     private static let lf: UInt8 = 0x0A
     private static let colon: UInt8 = 0x3A
     private static let slash: UInt8 = 0x2F
+    private static let hash: UInt8 = 0x23
 
     private static func isUpper(_ byte: UInt8) -> Bool { byte >= 0x41 && byte <= 0x5A }
 

@@ -66,6 +66,9 @@ struct ForwardingTests {
         #expect(upstream("HTTPS://user@api.example").uri == "/")
         #expect(upstream("HTTPS://user@api.example").headers["host"] == ["api.example"])
         #expect(upstream("http://api.example?q=1").uri == "/?q=1")
+        // A fragment never reaches the backend, in either form.
+        #expect(upstream("/orders/7?full=1#top").uri == "/orders/7?full=1")
+        #expect(upstream("http://api.example/p#f?x").uri == "/p")
         // Origin form, `*` and anything that is not an http(s) URI pass unchanged, with the client's Host.
         for target in ["/orders/7?next=http://x/", "*", "ftp://files.example/a", "api.example:443"] {
             let kept = upstream(target)

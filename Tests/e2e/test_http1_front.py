@@ -177,6 +177,22 @@ def test_smuggling_shapes_get_400_and_reach_no_handler(gateway):
     assert httpx.get(f"{gateway.url}/echo/still/up").status_code == 200
 
 
+def test_a_fragment_in_the_target_is_dropped_before_routing(gateway):
+    """Clients do not send one (RFC 9110 4.2.5); NIO's decoder let it into a route's
+    last parameter or the query, and on to the backend."""
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /echo/a/b#frag HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /echo/a/b?q=1#frag HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /headers?a=1#frag HTTP/1.1\r\nHost: x\r\n\r\n")
+        buffered = bytearray()
+        (s1, _, first), (s2, _, second), (s3, _, proxied) = [read_response(sock, buffered) for _ in range(3)]
+    assert (s1, s2, s3) == (200, 200, 200)
+    first, second, proxied = json.loads(first), json.loads(second), json.loads(proxied)
+    assert first["path"] == "/echo/a/b" and first["params"] == {"name": "a", "rest": "b"} and first["query"] == ""
+    assert second["path"] == "/echo/a/b" and second["query"] == "q=1" and second["q"] == "1"
+    assert proxied["path"] == "/headers" and proxied["query"] == "a=1"
+
+
 def test_oversized_head_is_refused_by_the_codec(gateway):
     # Just over max_header_size (64 KiB by default), so the gateway has read all of it when it answers.
     with connect(gateway) as sock:
