@@ -296,6 +296,11 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             // RFC 9112 3.2: two Hosts could send the gateway and the backend to different
             // sites. (HTTP/1.0 may name none: the backend then gets the gateway's address.)
+            if case .CONNECT = head.method {
+                // As nginx: a CONNECT tunnel to any host would make the gateway an open forward proxy.
+                refuseUnrouted(.badRequest, "CONNECT is not supported: this is a reverse proxy", context: context)
+                return
+            }
             let hosts = head.headers["host"].count
             if hosts > 1 || hosts == 0 && head.version.minor >= 1 {
                 refuseUnrouted(

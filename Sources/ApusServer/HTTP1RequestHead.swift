@@ -6,9 +6,9 @@ import ApusProxy
 /// The parser behind it (`HTTP1RequestHead.scan`) accepts only the canonical form
 /// of a request head that clients actually send: `METHOD SP origin-target SP
 /// HTTP/1.x CRLF`, `name: value CRLF` lines, an empty line. Anything else — bare
-/// LF, obs-fold, a space before a colon, control bytes, a `#` in the target, a `Transfer-Encoding`,
-/// an upgrade, duplicate or odd `Content-Length`s, a repeated `Host` (or none in
-/// HTTP/1.1) — is `.unframeable`, and the
+/// LF, obs-fold, a space before a colon, control bytes, `CONNECT`, a `#` in the
+/// target, a `Transfer-Encoding`, an upgrade, duplicate or odd `Content-Length`s,
+/// a repeated `Host` (or none in HTTP/1.1) — is `.unframeable`, and the
 /// connection's bytes then go to NIO's full HTTP/1 codec (llhttp) unchanged. So
 /// where this parser frames a request, both parsers agree on where it ends; where
 /// they might not, this one steps aside instead of guessing.
@@ -54,6 +54,8 @@ struct HTTP1RequestHead {
         guard index < end else { return .incomplete }
         guard index > 0, index <= 16, bytes[index] == space else { return .unframeable }
         head.method = 0..<index
+        // CONNECT goes to the gateway, which refuses it (its target is not a path anyway).
+        if index == connect.count, bytes.starts(with: connect) { return .unframeable }
         index += 1
         let targetStart = index
         // A `#` (a fragment, which clients do not send) goes to the gateway, which drops it.
@@ -159,6 +161,7 @@ struct HTTP1RequestHead {
     private static let colon: UInt8 = 0x3A
     private static let slash: UInt8 = 0x2F
     private static let hash: UInt8 = 0x23
+    private static let connect = Array("CONNECT".utf8)
 
     private static func isUpper(_ byte: UInt8) -> Bool { byte >= 0x41 && byte <= 0x5A }
 

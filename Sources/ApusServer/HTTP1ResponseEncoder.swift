@@ -10,8 +10,9 @@ import NIOHTTP1
 /// behind NIO's decoder. So it knows which responses answer `HEAD` or `CONNECT`
 /// (NIO's encoder learns that from its paired decoder) without every request part
 /// passing through it. The framing rules are NIO's, and a test checks
-/// the bytes against NIO's pipeline: a status that cannot have a body, or an
-/// answer to `CONNECT`, loses `Content-Length` and `Transfer-Encoding`; a body
+/// the bytes against NIO's pipeline: a status that cannot have a body, or a 2xx
+/// answer to `CONNECT`, loses `Content-Length` and `Transfer-Encoding` (NIO's
+/// encoder does that to every answer to `CONNECT`, dropping a refusal's body); a body
 /// without `Content-Length` is chunked over HTTP/1.1; an answer to `HEAD` keeps
 /// its framing headers but sends no body.
 final class HTTP1ResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler {
@@ -38,7 +39,9 @@ final class HTTP1ResponseEncoder: ChannelOutboundHandler, RemovableChannelHandle
                 // Matched by case: `==` on HTTPMethod compares raw value strings (see `isHEAD`).
                 switch method {
                 case .HEAD: suppressBody = true
-                case .CONNECT: (suppressBody, answersConnect) = (true, true)
+                // Only a 2xx to CONNECT starts a tunnel and so has no framing or body (RFC 9110 9.3.6);
+                // NIO drops both on every answer, which loses a refusal's explanation.
+                case .CONNECT where (200..<300).contains(code): (suppressBody, answersConnect) = (true, true)
                 default: suppressBody = false
                 }
             }

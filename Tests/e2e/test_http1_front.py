@@ -193,6 +193,19 @@ def test_a_fragment_in_the_target_is_dropped_before_routing(gateway):
     assert proxied["path"] == "/headers" and proxied["query"] == "a=1"
 
 
+def test_connect_is_refused_with_the_reason(gateway):
+    """Not a forward proxy: 400, as from nginx, with the gateway's JSON error (the response
+    encoder used to drop the body of every answer to CONNECT, not only of a 2xx), whatever
+    the target; a path target goes neither to a native handler nor to the backend."""
+    for target in [b"example.com:443", b"/echo/a/b", b"/hello/x"]:
+        with connect(gateway) as sock:
+            sock.sendall(b"CONNECT " + target + b" HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+            status, headers, body = read_response(sock, bytearray())
+        assert status == 400, (target, status, body)
+        assert json.loads(body)["error"] == "CONNECT is not supported: this is a reverse proxy"
+        assert headers["connection"] == "close"
+
+
 def test_oversized_head_is_refused_by_the_codec(gateway):
     # Just over max_header_size (64 KiB by default), so the gateway has read all of it when it answers.
     with connect(gateway) as sock:
