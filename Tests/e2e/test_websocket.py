@@ -64,11 +64,11 @@ def test_server_initiated_close_reaches_the_client(gateway):
 
 
 def test_client_close_then_the_gateway_keeps_serving(gateway):
-    ws = connect(ws_url(gateway, "/ws/echo"))
-    ws.send("x")
-    assert ws.recv() == "x"
-    ws.close(code=1000)
-    assert ws.close_code == 1000
+    with connect(ws_url(gateway, "/ws/echo")) as ws:
+        ws.send("x")
+        assert ws.recv() == "x"
+        ws.close(code=1000)
+        assert ws.close_code == 1000
     assert httpx.get(f"{gateway.url}/hello/ok").status_code == 200
 
 
@@ -100,20 +100,19 @@ def test_other_upgrades_are_stripped_not_tunnelled(gateway):
 
 def test_tunnel_limit_answers_503(gateway_factory, uvicorn_backend):
     gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", server_extra="max_websockets = 2")
-    first = connect(ws_url(gateway, "/ws/echo"))
-    second = connect(ws_url(gateway, "/ws/echo"))
-    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-        connect(ws_url(gateway, "/ws/echo"))
-    assert refused.value.response.status_code == 503
-    first.close()
-    wait_for(lambda: try_connect(gateway), 5, "a slot to free up")
-    second.close()
+    with connect(ws_url(gateway, "/ws/echo")) as first, connect(ws_url(gateway, "/ws/echo")):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            with connect(ws_url(gateway, "/ws/echo")):
+                pass
+        assert refused.value.response.status_code == 503
+        first.close()
+        wait_for(lambda: try_connect(gateway), 5, "a slot to free up")
 
 
 def try_connect(gateway):
     try:
-        connect(ws_url(gateway, "/ws/echo")).close()
-        return True
+        with connect(ws_url(gateway, "/ws/echo")):
+            return True
     except websockets.exceptions.InvalidStatus:
         return False
 
