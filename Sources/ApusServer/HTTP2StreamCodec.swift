@@ -133,7 +133,8 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
     // MARK: requests
 
     /// The request head of an HTTP/2 request header block: pseudo-headers become
-    /// method, target and `host`; `cookie` crumbs are joined. Methods that may carry
+    /// method, target and `host` (`:authority` replaces any `host` field, RFC 9113
+    /// 8.3.1); `cookie` crumbs are joined. Methods that may carry
     /// a body and name no length get `transfer-encoding: chunked` (or
     /// `content-length: 0` when the stream already ended), as HTTP/1.1 would frame
     /// them. The block is checked in the same pass (RFC 9113 8.2 and 8.3, the rules
@@ -149,7 +150,7 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
         fields.reserveCapacity(block.count + 1)
         var cookie: String?
         var cookieIndex = -1
-        var hasHost = false
+        var hosts = 0
         var hasContentLength = false
         var regularSeen = false
         for (name, value, _) in block {
@@ -178,7 +179,12 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
                     fields.append((name, value))
                 }
                 continue
-            case "host": hasHost = true
+            case "host":
+                // RFC 9113 8.3.1: a Host made for HTTP/1.1 takes :authority's value, replacing any
+                // Host sent with it, so the gateway and the backend cannot act for different sites.
+                // (Pseudo-headers come first: `authority` is known by now.)
+                if authority != nil { continue }
+                hosts += 1
             case "content-length": hasContentLength = true
             case protocolHeader: continue
             default: break
@@ -194,9 +200,10 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
         guard let path, !path.isEmpty else { throw .malformed("no :path") }
         guard scheme != nil else { throw .malformed("no :scheme") }
         if let cookie { fields[cookieIndex].1 = cookie }
-        if !hasHost {
-            guard let authority else { throw .malformed("neither :authority nor host") }
+        if let authority {
             fields.insert(("host", authority), at: 0)
+        } else if hosts != 1 {
+            throw .malformed(hosts == 0 ? "neither :authority nor host" : "more than one host")
         }
         if let extendedProtocol { fields.append((protocolHeader, extendedProtocol)) }
         let httpMethod = HTTPMethod(rawValue: method)

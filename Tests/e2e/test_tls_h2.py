@@ -115,6 +115,25 @@ def test_h2_cookie_crumbs_reach_the_backend_joined_and_a_spoofed_protocol_header
     sock.close()
 
 
+def test_h2_authority_is_the_host_the_backend_and_native_handlers_see(gateway):
+    """RFC 9113 8.3.1: the HTTP/1.1 Host made from an HTTP/2 request takes :authority,
+    replacing a Host field sent with it (the backend got the client's Host, so the
+    gateway and the backend could act for different sites). Without :authority, Host stands."""
+    sock, conn = h2_connection(gateway.port, validate=False)
+    both = [(":method", "GET"), (":path", "/headers"), (":scheme", "http"), (":authority", "api.example"),
+            ("host", "evil.example")]
+    status, body = h2_exchange(sock, conn, both)
+    seen = json.loads(body)["headers"]
+    assert status[":status"] == "200" and seen["host"] == "api.example" and seen["x-forwarded-host"] == "api.example"
+    status, body = h2_exchange(sock, conn, [(":method", "GET"), (":path", "/echo/a/b"), (":scheme", "http"),
+                                            (":authority", "api.example"), ("host", "evil.example")])
+    assert status[":status"] == "200" and json.loads(body)["host"] == "api.example"
+    status, body = h2_exchange(sock, conn, [(":method", "GET"), (":path", "/headers"), (":scheme", "http"),
+                                            ("host", "only.example")])
+    assert status[":status"] == "200" and json.loads(body)["headers"]["host"] == "only.example"
+    sock.close()
+
+
 MALFORMED_H2_REQUESTS = {
     "uppercase name": [("X-Upper", "1")],
     "connection-specific field": [("connection", "keep-alive")],
@@ -125,14 +144,10 @@ MALFORMED_H2_REQUESTS = {
 }
 
 
-@pytest.mark.parametrize("case", list(MALFORMED_H2_REQUESTS) + ["no :path", ":protocol on GET", "two :path"])
+@pytest.mark.parametrize("case", list(MALFORMED_H2_REQUESTS) + ["no :path", ":protocol on GET", "two :path",
+                                  "two hosts, no :authority"])
 def test_malformed_h2_requests_reset_their_stream_and_spare_the_connection(gateway, case):
-    sock = socket.create_connection(("127.0.0.1", gateway.port))
-    sock.settimeout(5)
-    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(
-        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
-    conn.initiate_connection()
-    sock.sendall(conn.data_to_send())
+    sock, conn = h2_connection(gateway.port, validate=False)
     request = headers("/headers", gateway.port) + MALFORMED_H2_REQUESTS.get(case, [])
     if case == "no :path":
         request = [field for field in request if field[0] != ":path"]
@@ -140,6 +155,8 @@ def test_malformed_h2_requests_reset_their_stream_and_spare_the_connection(gatew
         request.insert(1, (":protocol", "websocket"))
     elif case == "two :path":
         request.insert(1, (":path", "/other"))
+    elif case == "two hosts, no :authority":
+        request = [field for field in request if field[0] != ":authority"] + [("host", "a.example"), ("host", "b.example")]
     stream = conn.get_next_available_stream_id()
     conn.send_headers(stream, request, end_stream=True)
     sock.sendall(conn.data_to_send())
@@ -409,10 +426,12 @@ def test_h2load_thousands_of_requests_without_failure(tls_gateway, gateway):
         assert "status codes: 3000 2xx" in out, out
 
 
-def h2_connection(port):
+def h2_connection(port, validate=True):
+    """A raw h2 connection; `validate=False` lets the client send what h2 itself would refuse."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.settimeout(5)
-    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=validate, normalize_outbound_headers=validate))
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
     return sock, conn
