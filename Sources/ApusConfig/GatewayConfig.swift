@@ -28,7 +28,8 @@ public struct GatewayConfig: Sendable {
         public var workers: Int = 0
         /// Seconds in-flight requests get to finish after SIGTERM.
         public var shutdownTimeout: Double = 30
-        /// Seconds an idle client keep-alive connection is kept open.
+        /// Seconds an idle client keep-alive connection is kept open; also how long a
+        /// request head, or a body a native handler waits for, may go without a byte.
         public var keepAliveTimeout: Double = 75
         /// Peers (CIDR) whose `X-Forwarded-*` headers are kept and appended to.
         public var trustedProxies: [CIDR] = []

@@ -25,12 +25,16 @@ final class GatewayShared: Sendable {
     let tunnelIdleTimeout: TimeAmount
     /// How long a tunnel may keep going after shutdown starts before it is closed with 1001.
     let tunnelShutdownGrace: TimeAmount
+    /// How long a client may go without sending a byte of a request body that only the
+    /// gateway waits for (a native handler's, or an HTTP/2 body not yet sent on): `keepalive_timeout`.
+    let bodyTimeout: TimeAmount
 
     init(
         logger: Logger, accessLog: AccessLog, trustedProxies: [CIDR], threadPool: NIOThreadPool, readiness: BackendReadiness,
         scheme: String, hsts: String?, startTraces: Bool, tunnels: TunnelLimit, upgradeProtocols: [String],
-        tunnelIdleTimeout: TimeAmount, tunnelShutdownGrace: TimeAmount
+        tunnelIdleTimeout: TimeAmount, tunnelShutdownGrace: TimeAmount, bodyTimeout: TimeAmount
     ) {
+        self.bodyTimeout = bodyTimeout
         self.tunnels = tunnels
         self.upgradeProtocols = Set(upgradeProtocols)
         self.tunnelIdleTimeout = tunnelIdleTimeout
@@ -120,6 +124,9 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readPending = false
     /// An HTTP/2 WebSocket stream whose backend half-closed has sent END_STREAM already.
     private var tunnelOutputEnded = false
+    /// Runs while a request body only the gateway waits for is incomplete (`checkBodyProgress`).
+    private var bodyCheck: Scheduled<Void>?
+    private var lastBodyRead = NIODeadline.uptimeNanoseconds(0)
 
     /// `peer` is the connection's, worked out once per connection (an HTTP/2
     /// connection's streams all share it).
@@ -151,8 +158,17 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if case .proxy(let exchange) = state { exchange.requestReadComplete() }
-        if case .tunnel(let tunnel) = state { tunnel.tunnelFlush() }
+        switch state {
+        case .proxy(let exchange): exchange.requestReadComplete()
+        case .tunnel(let tunnel): tunnel.tunnelFlush()
+        case .native, .proxyPending:
+            // A body is still to come (a bodyless request has ended by now).
+            if bodyCheck == nil, info?.requestEnded == false {
+                lastBodyRead = .now()
+                scheduleBodyCheck(context, at: lastBodyRead + shared.bodyTimeout)
+            }
+        case .idle, .rejecting, .upgrading: break
+        }
         context.fireChannelReadComplete()
     }
 
@@ -398,6 +414,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func requestBody(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
         info?.bytesIn += buffer.readableBytes
+        if bodyCheck != nil { lastBodyRead = .now() }
         switch state {
         case .proxy(let exchange):
             exchange.requestBody(buffer)
@@ -429,6 +446,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func requestEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
         info?.requestEnded = true
+        cancelBodyCheck()
         switch state {
         case .proxy(let exchange):
             exchange.requestEnd(trailers)
@@ -546,6 +564,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// it, unless the request is already complete (then keep-alive holds).
     private func reject(_ status: HTTPResponseStatus, _ message: String, context: ChannelHandlerContext, retryAfter: Bool = false) {
         guard var info else { return }
+        cancelBodyCheck()
         let close = !info.requestEnded || !info.keepAlive
         state = .rejecting
         writeError(status, message, context: context, close: close, retryAfter: retryAfter, info: &info)
@@ -583,10 +602,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func finishResponse(context: ChannelHandlerContext, close: Bool, trailers: HTTPHeaders? = nil) {
         if let info {
             RequestMetrics.inFlight.decrement()
-            shared.recordRequest(
-                loop: loop, client: clientDescription, method: info.method.rawValue, target: info.uri, version: info.version,
-                status: info.status, kind: info.kind, route: info.route, requestID: info.requestID, traceID: info.traceID,
-                started: info.started, upstreamSeconds: info.upstreamSeconds, bytesIn: info.bytesIn, bytesOut: info.bytesOut)
+            record(info)
         }
         // A closing connection drops whatever else the client sends.
         state = close ? .rejecting : .idle
@@ -601,7 +617,58 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// The request's access-log line and metrics.
+    private func record(_ info: RequestInfo) {
+        shared.recordRequest(
+            loop: loop, client: clientDescription, method: info.method.rawValue, target: info.uri, version: info.version,
+            status: info.status, kind: info.kind, route: info.route, requestID: info.requestID, traceID: info.traceID,
+            started: info.started, upstreamSeconds: info.upstreamSeconds, bytesIn: info.bytesIn, bytesOut: info.bytesOut)
+    }
+
+    // MARK: body timeout
+
+    private func scheduleBodyCheck(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        bodyCheck = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = bound.value
+            handler.checkBodyProgress(context)
+        }
+    }
+
+    private func cancelBodyCheck() {
+        bodyCheck?.cancel()
+        bodyCheck = nil
+    }
+
+    /// A client that stops sending a body that only the gateway waits for (a native
+    /// handler's, or an HTTP/2 body before it goes to the backend; a body on its way
+    /// to the backend has the backend's `idle_timeout`) would hold its buffer and
+    /// connection for ever. After `keepalive_timeout` without a byte the request is
+    /// given up as nginx's `client_body_timeout` does: closed without an answer,
+    /// logged as 408. One timer per body, moved on lazily rather than on every read.
+    private func checkBodyProgress(_ context: ChannelHandlerContext) {
+        bodyCheck = nil
+        switch state {
+        case .native, .proxyPending: break
+        default: return
+        }
+        guard var info, !info.requestEnded else { return }
+        let now = NIODeadline.now()
+        if now - lastBodyRead < shared.bodyTimeout {
+            scheduleBodyCheck(context, at: lastBodyRead + shared.bodyTimeout)
+            return
+        }
+        info.status = 408
+        record(info)
+        RequestMetrics.inFlight.decrement()
+        self.info = nil
+        state = .rejecting
+        generation += 1
+        context.close(promise: nil)
+    }
+
     private func abandonRequest() {
+        cancelBodyCheck()
         if info != nil {
             RequestMetrics.inFlight.decrement()
             info = nil

@@ -36,12 +36,12 @@ public final class GatewayServer: Service, Sendable {
             logger: logger, accessLog: AccessLog(format: config.server.accessLog), trustedProxies: config.server.trustedProxies,
             threadPool: threadPool, readiness: readiness, scheme: "http", hsts: nil, startTraces: config.server.startTraces, tunnels: tunnels,
             upgradeProtocols: config.server.upgradeProtocols, tunnelIdleTimeout: .seconds(config.server.webSocketIdleTimeout),
-            tunnelShutdownGrace: grace)
+            tunnelShutdownGrace: grace, bodyTimeout: .seconds(config.server.keepAliveTimeout))
         self.tlsShared = GatewayShared(
             logger: logger, accessLog: AccessLog(format: config.server.accessLog), trustedProxies: config.server.trustedProxies,
             threadPool: threadPool, readiness: readiness, scheme: "https", hsts: config.server.hsts, startTraces: config.server.startTraces, tunnels: tunnels,
             upgradeProtocols: config.server.upgradeProtocols, tunnelIdleTimeout: .seconds(config.server.webSocketIdleTimeout),
-            tunnelShutdownGrace: grace)
+            tunnelShutdownGrace: grace, bodyTimeout: .seconds(config.server.keepAliveTimeout))
         let settings = UpstreamSettings(
             address: try Self.socketAddress(config.backend.address),
             connectTimeout: .seconds(config.backend.connectTimeout),

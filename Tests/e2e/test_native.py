@@ -115,3 +115,50 @@ def test_native_routes_keep_serving_with_no_backend(gateway_factory, tmp_path):
     assert down.headers["content-type"] == "application/json"
     assert "backend unreachable" in down.json()["error"]
     assert "request_id" in down.json()
+
+
+def test_a_body_the_client_stops_sending_is_given_up_after_keepalive_timeout(gateway_factory, uvicorn_backend):
+    """A body only the gateway waits for — a native handler's (chunked, so NIO's codec
+    frames it), or an HTTP/2 body not yet on its way to the backend — that stops
+    arriving is given up after keepalive_timeout as nginx's client_body_timeout does:
+    closed without an answer, logged as 408. It held its buffer and connection for
+    ever. A body that keeps coming, however slowly, is served."""
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+    from conftest import wait_for
+
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", server_extra="keepalive_timeout = 1")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
+        sock.sendall(b"POST /echo/a/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        assert sock.recv(65536) == b""  # closed, no answer (a socket timeout fails the test)
+
+    for path, data in [("/echo/a/b", b"abc"), ("/upload", None)]:  # native; proxied, no DATA yet
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", path)])
+            if data:
+                conn.send_data(1, data)
+            sock.sendall(conn.data_to_send())
+            resets = []
+            while not resets:
+                chunk = sock.recv(65536)
+                assert chunk, f"{path}: connection closed instead of the stream"
+                events = conn.receive_data(chunk)
+                assert not any(isinstance(e, h2.events.ResponseReceived) for e in events), (path, events)
+                resets = [e for e in events if isinstance(e, h2.events.StreamReset) and e.stream_id == 1]
+                sock.sendall(conn.data_to_send())
+
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
+        sock.sendall(b"POST /echo/a/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(5):
+            time.sleep(0.5)
+            sock.sendall(b"1\r\nx\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200") and b'"body":"xxxxx"' in answer
+
+    wait_for(lambda: gateway.log().count('" 408 ') == 3, 5, "three 408 access lines")
+    assert '"POST /echo/a/b HTTP/1.1" 408' in gateway.log() and '"POST /upload HTTP/2.0" 408' in gateway.log()
