@@ -392,7 +392,7 @@ private struct ConfigReader {
         } else {
             throw error(t, key, "must be a number of seconds, not \(value.type)")
         }
-        guard seconds > 0, seconds <= 86_400 * 7 else { throw error(t, key, "must be between 0 and 604800 seconds") }
+        guard seconds > 0, seconds <= 86_400 * 7 else { throw error(t, key, "must be more than 0 and at most 604800 seconds (7 days)") }
         return seconds
     }
 

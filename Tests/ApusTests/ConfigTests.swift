@@ -70,6 +70,7 @@ struct ConfigTests {
         #expect(try error("[server]\nlisten = 12\n").message.contains("array of strings"))
         #expect(try error("[server]\nworkers = \"two\"\n").line == 2)
         #expect(try error("[backend]\n\nconnect_timeout = -1\n").line == 3)
+        #expect(try error("[server]\nkeepalive_timeout = 0\n").message == "must be more than 0 and at most 604800 seconds (7 days)")
         #expect(try error("[backend]\naddress = \"unix:\"\n").key == "backend.address")
         #expect(try error("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").key == "server.trusted_proxies")
         #expect(try error("[server]\naccess_log = \"loud\"\n").message.contains("plain"))
