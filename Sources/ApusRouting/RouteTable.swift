@@ -94,13 +94,13 @@ final class RouteIndex: Sendable {
                 case .parameter(let name):
                     if node.parameter == nil { node.parameter = (name, RouteNode()) }
                     guard node.parameter!.name == name else {
-                        throw RouteConflictError(first: Self.owner(of: node.parameter!.node, patterns), second: pattern)
+                        throw RouteConflictError(first: Self.owner(of: node.parameter!.node, patterns), second: pattern, secondIndex: index)
                     }
                     node = node.parameter!.node
                 case .catchAll(let name):
                     if node.catchAll == nil { node.catchAll = (name, RouteNode()) }
                     guard node.catchAll!.name == name else {
-                        throw RouteConflictError(first: Self.owner(of: node.catchAll!.node, patterns), second: pattern)
+                        throw RouteConflictError(first: Self.owner(of: node.catchAll!.node, patterns), second: pattern, secondIndex: index)
                     }
                     node = node.catchAll!.node
                 }
@@ -113,10 +113,10 @@ final class RouteIndex: Sendable {
                 literalPaths[key] = node
             }
             if let method = pattern.method {
-                if let existing = node.byMethod[method] { throw RouteConflictError(first: patterns[existing], second: pattern) }
+                if let existing = node.byMethod[method] { throw RouteConflictError(first: patterns[existing], second: pattern, secondIndex: index) }
                 node.byMethod[method] = index
             } else {
-                if let existing = node.anyMethod { throw RouteConflictError(first: patterns[existing], second: pattern) }
+                if let existing = node.anyMethod { throw RouteConflictError(first: patterns[existing], second: pattern, secondIndex: index) }
                 node.anyMethod = index
             }
         }
@@ -231,6 +231,8 @@ final class RouteNode: @unchecked Sendable {
 public struct RouteConflictError: Error, CustomStringConvertible, Sendable {
     public let first: RoutePattern
     public let second: RoutePattern
+    /// Where `second` is in the routes given (the first is earlier).
+    public let secondIndex: Int
     public var description: String {
         "route \"\(second)\" conflicts with \"\(first)\": same method and path shape (or different parameter names at the same place)"
     }

@@ -78,8 +78,10 @@ struct GatewayBuilder {
         do {
             table = try RouteTable(entries)
         } catch {
-            let line = config.routes.first { $0.match == error.second.description }?.line
-            throw ConfigError(file: config.file, line: line, key: "route.match", message: error.description)
+            // The later of the two routes is the one in the way.
+            throw ConfigError(
+                file: config.file, line: config.routes[error.secondIndex].line, key: "route[\(error.secondIndex)].match",
+                message: error.description)
         }
         return Result(router: Router(table: table, descriptions: descriptions), handlers: handlers, certificates: certificates)
     }

@@ -91,6 +91,8 @@ struct RouteTableTests {
     @Test func conflictingRoutesAreRefused() throws {
         #expect(throws: RouteConflictError.self) { try table(["GET /a/{x}", "GET /a/{y}"]) }
         #expect(throws: RouteConflictError.self) { try table(["GET /a", "GET /a"]) }
+        // The later route is named, so a message can point at its line.
+        #expect { try table(["GET /b", "GET /a", "POST /a", "GET /a"]) } throws: { ($0 as? RouteConflictError)?.secondIndex == 3 }
         #expect(throws: RouteConflictError.self) { try table(["ANY /a", "ANY /a"]) }
         _ = try table(["GET /a", "POST /a", "ANY /a"])
     }

@@ -31,7 +31,7 @@ def test_check_accepts_the_quickstart_and_lists_routes():
     ('[server]\nlisten = ["127.0.0.1:99999"]\n', 'listen = ["127.0.0.1:99999"]', "server.listen", "not host:port"),
     ('[[route]]\nmatch = "GET /x/{a"\nhandler = "orderbook"\n', 'match = "GET /x/{a"', "route[1].match", "bad route pattern"),
     ('[[route]]\nmatch = "GET /y"\nhandler = "missing"\n', 'handler = "missing"', "route[1].handler", "no handler named"),
-    ('[[route]]\nmatch = "GET /orderbook/{other}"\nhandler = "orderbook"\n', 'match = "GET /orderbook/{other}"', "route.match", "conflicts"),
+    ('[[route]]\nmatch = "GET /orderbook/{other}"\nhandler = "orderbook"\n', 'match = "GET /orderbook/{other}"', "route[1].match", "conflicts"),
     ('[server\nlisten = 1\n', "[server", "", "TOML syntax error"),
 ])
 def test_bad_config_is_refused_with_file_line_and_key(tmp_path, extra, line_text, key, words):
