@@ -97,7 +97,8 @@ public struct GatewayConfig: Sendable {
         public var environment: [String: String] = [:]
         /// Seconds to wait for a connection to the backend.
         public var connectTimeout: Double = 5
-        /// Seconds to wait for the response head once the request is sent.
+        /// Seconds to wait for the response head once the request is sent; also how
+        /// long an async or blocking native handler may take to answer.
         public var responseTimeout: Double = 60
         /// Seconds a body may go without a byte in either direction.
         public var idleTimeout: Double = 60

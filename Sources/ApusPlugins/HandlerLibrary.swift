@@ -63,7 +63,11 @@ public struct NativeResponse: Sendable {
 public final class NativeResponder: Sendable {
     let handlerName: String
     let logger: Logger
-    private let completed = Atomic<Bool>(false)
+    /// `pending`, then `answered` or `timedOut`, once.
+    private let state = Atomic<UInt8>(NativeResponder.pending)
+    private static let pending: UInt8 = 0
+    private static let answered: UInt8 = 1
+    private static let timedOut: UInt8 = 2
     private let completion: Completion
 
     /// Where the module's answer goes: copied into Swift values, or lent as it is.
@@ -95,9 +99,29 @@ public final class NativeResponder: Sendable {
         complete(NativeResponse(status: status, headers: [("content-type", "application/json")], body: Array("{\"error\":\"\(message)\"}".utf8)))
     }
 
+    /// Gives up on a handler that has not answered in `seconds` (an async or
+    /// blocking one: an inline handler answers before its call returns): the call
+    /// completes with a 504, and the handler's own answer, if it ever comes, is
+    /// dropped and logged. Counted in `apus_handler_errors_total`.
+    public func timeOut(afterSeconds seconds: Double) {
+        guard state.compareExchange(expected: Self.pending, desired: Self.timedOut, ordering: .acquiringAndReleasing).exchanged
+        else { return }
+        let limit = seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+        logger.error(
+            "handler did not answer in time; answered 504",
+            metadata: ["handler.name": "\(handlerName)", "timeout.seconds": "\(limit)"])
+        Counter(label: "apus_handler_errors_total", dimensions: [("handler", handlerName)]).increment()
+        let message = "handler \(handlerName) did not answer within \(limit) s (backend.response_timeout)"
+        deliver(NativeResponse(status: 504, headers: [("content-type", "application/json")], body: Array("{\"error\":\"\(message)\"}".utf8)))
+    }
+
     /// Completes the call; a second completion is a module bug, logged and dropped.
     func complete(_ response: NativeResponse) {
         guard claim() else { return }
+        deliver(response)
+    }
+
+    private func deliver(_ response: NativeResponse) {
         switch completion {
         case .copied(let deliver): deliver(response)
         case .borrowed(let deliver): response.withCResponse { deliver($0) }
@@ -114,11 +138,17 @@ public final class NativeResponder: Sendable {
     }
 
     private func claim() -> Bool {
-        guard !completed.exchange(true, ordering: .acquiringAndReleasing) else {
+        let (claimed, previous) = state.compareExchange(
+            expected: Self.pending, desired: Self.answered, ordering: .acquiringAndReleasing)
+        if claimed { return true }
+        if previous == Self.timedOut,
+            state.compareExchange(expected: Self.timedOut, desired: Self.answered, ordering: .acquiringAndReleasing).exchanged
+        {
+            logger.warning("handler answered after it timed out; answer dropped", metadata: ["handler.name": "\(handlerName)"])
+        } else {
             logger.error("handler responded twice; second response dropped", metadata: ["handler.name": "\(handlerName)"])
-            return false
         }
-        return true
+        return false
     }
 }
 

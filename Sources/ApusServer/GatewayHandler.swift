@@ -127,6 +127,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Runs while a request body only the gateway waits for is incomplete (`checkBodyProgress`).
     private var bodyCheck: Scheduled<Void>?
     private var lastBodyRead = NIODeadline.uptimeNanoseconds(0)
+    /// Gives up on an async or blocking handler that does not answer (`NativeResponder.timeOut`).
+    private var nativeTimer: Scheduled<Void>?
 
     /// `peer` is the connection's, worked out once per connection (an HTTP/2
     /// connection's streams all share it).
@@ -500,10 +502,17 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 body.withUnsafeReadableBytes { library.invoke(request, body: $0, responder: responder) }
             }
         }
+        if case .native = state, generation == self.generation {
+            // An async or blocking handler answers later: not later than backend.response_timeout.
+            let timeout = loop.pool.settings.responseTimeout
+            nativeTimer = eventLoop.scheduleTask(in: timeout) { responder.timeOut(afterSeconds: Double(timeout.nanoseconds) / 1e9) }
+        }
     }
 
     private func nativeCompleted(_ response: NativeResponse, generation: Int) {
         guard generation == self.generation, case .native = state, let context, var info else { return }
+        nativeTimer?.cancel()
+        nativeTimer = nil
         // Collected as pairs and made `HTTPHeaders` once: `HTTPHeaders.add` checks each
         // name again, and these were checked here (`HeaderRules`) or are the gateway's own.
         var fields: [(String, String)] = []
@@ -669,6 +678,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func abandonRequest() {
         cancelBodyCheck()
+        nativeTimer?.cancel()
+        nativeTimer = nil
         if info != nil {
             RequestMetrics.inFlight.decrement()
             info = nil

@@ -86,6 +86,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// gateway takes the verdict instead of routing again.
     private var handedOverWithoutNativeRoute = false
     private var idleCheck: Scheduled<Void>?
+    /// Gives up on an async handler that does not answer (`NativeResponder.timeOut`).
+    private var nativeTimer: Scheduled<Void>?
     /// The encoder of the gateway's answers, told each request's method as it goes to the gateway.
     private let responses: HTTP1ResponseEncoder
 
@@ -493,6 +495,11 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         } }
         inNativeCall = false
+        if nativeInFlight {
+            // An async handler answers later: not later than backend.response_timeout.
+            let timeout = loop.pool.settings.responseTimeout
+            nativeTimer = eventLoop.scheduleTask(in: timeout) { responder.timeOut(afterSeconds: Double(timeout.nanoseconds) / 1e9) }
+        }
         pending.moveReaderIndex(forwardBy: length)
         if pending.readableBytes == 0 { pending = ByteBuffer() }
     }
@@ -514,6 +521,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     ) {
         guard generation == self.generation, nativeInFlight, let context else { return }
         nativeInFlight = false
+        nativeTimer?.cancel()
+        nativeTimer = nil
         RequestMetrics.inFlight.decrement()
         shared.recordRequest(
             loop: loop, client: clientDescription, method: record.method, target: record.target,
@@ -536,6 +545,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func abandonNative() {
+        nativeTimer?.cancel()
+        nativeTimer = nil
         if nativeInFlight {
             nativeInFlight = false
             RequestMetrics.inFlight.decrement()

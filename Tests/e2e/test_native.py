@@ -162,3 +162,22 @@ def test_a_body_the_client_stops_sending_is_given_up_after_keepalive_timeout(gat
 
     wait_for(lambda: gateway.log().count('" 408 ') == 3, 5, "three 408 access lines")
     assert '"POST /echo/a/b HTTP/1.1" 408' in gateway.log() and '"POST /upload HTTP/2.0" 408' in gateway.log()
+
+
+def test_an_async_or_blocking_handler_that_does_not_answer_in_time_gets_504(gateway_factory, uvicorn_backend):
+    """backend.response_timeout bounds a native handler's answer as it bounds the
+    backend's (the request waited for ever): 504 with the reason, a handler error in
+    the log; the handler's late answer is dropped and the connection serves on. The
+    async handler is answered by the front handler, the blocking one by the gateway."""
+    from conftest import wait_for
+
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", backend_extra="response_timeout = 1")
+    with httpx.Client(timeout=10) as client:
+        for name, path in [("later", "/later?ms=3000"), ("sleepy", "/sleepy?ms=3000")]:
+            response = client.get(f"{gateway.url}{path}")
+            assert response.status_code == 504, (name, response.text)
+            assert response.json() == {"error": f"handler {name} did not answer within 1 s (backend.response_timeout)"}
+            assert response.headers["x-request-id"]
+            assert client.get(f"{gateway.url}/later?ms=10").status_code == 201  # and the gateway serves on
+    wait_for(lambda: gateway.log().count("handler answered after it timed out; answer dropped") == 2, 10, "late answers dropped")
+    assert gateway.log().count('" 504 ') == 2 and gateway.proc.poll() is None
