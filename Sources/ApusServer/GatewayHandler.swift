@@ -219,11 +219,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // Answered already, or no longer HTTP.
             context.close(promise: nil)
             return
-        case .proxy(let exchange): exchange.cancel()
-        case .upgrading(let exchange):
-            exchange.cancel()
-            shared.tunnels.release()
-        case .idle, .native, .proxyPending: break
+        case .idle, .native, .proxy, .proxyPending, .upgrading: break
         }
         guard context.channel.isActive, info?.status ?? 0 == 0 else {
             // Gone, or the response has begun (a request body went bad mid-stream): closing is the only signal left.
@@ -231,7 +227,15 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        generation += 1  // a native handler still running for this request is answered by the error instead
+        // The error is the answer: the backend exchange in progress, if any, stops here.
+        switch state {
+        case .proxy(let exchange): exchange.cancel()
+        case .upgrading(let exchange):
+            exchange.cancel()
+            shared.tunnels.release()
+        default: break
+        }
+        generation += 1
         let (status, message) = Self.answer(to: error)
         guard info == nil else {
             // The head was fine and routed; its body was not.
@@ -261,7 +265,6 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         default: return (.badRequest, "malformed request")
         }
     }
-
 
     // MARK: outbound read gating (back-pressure towards the client)
 
@@ -312,13 +315,13 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 refuseUnrouted(.notImplemented, "transfer coding \"\(coding)\" is not supported (only chunked is)", context: context)
                 return
             }
-            // RFC 9112 3.2: two Hosts could send the gateway and the backend to different
-            // sites. (HTTP/1.0 may name none: the backend then gets the gateway's address.)
             if case .CONNECT = head.method {
                 // As nginx: a CONNECT tunnel to any host would make the gateway an open forward proxy.
                 refuseUnrouted(.badRequest, "CONNECT is not supported: this is a reverse proxy", context: context)
                 return
             }
+            // RFC 9112 3.2: two Hosts could send the gateway and the backend to different
+            // sites. (HTTP/1.0 may name none: the backend then gets the gateway's address.)
             let hosts = head.headers["host"].count
             if hosts > 1 || hosts == 0 && head.version.minor >= 1 {
                 refuseUnrouted(
