@@ -130,6 +130,7 @@ enum HTTPPipelines {
         settings: PipelineSettings
     ) throws {
         let sync = channel.pipeline.syncOperations
+        try sync.addHandler(PlainHTTPOnTLSPortHandler())
         try sync.addHandler(NIOSSLServerHandler(context: context))
         try sync.addHandler(
             ApplicationProtocolNegotiationHandler { result, channel in
@@ -194,6 +195,39 @@ final class HTTP2PrefaceDetector: ChannelInboundHandler, RemovableChannelHandler
                 context.fireChannelReadComplete()
             }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+}
+
+/// The first handler of a TLS connection. A client that speaks plain HTTP to the
+/// TLS port (`http://host:8443/`) gets a 400 saying so, as from nginx, instead of a
+/// connection closed by a failed handshake. A TLS client's first byte is 0x16 (a
+/// handshake record), an HTTP request's an upper-case letter; on anything but the
+/// latter this handler hands the bytes on and leaves the pipeline.
+final class PlainHTTPOnTLSPortHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private static let answer: String = {
+        let body = "{\"error\":\"plain HTTP was sent to an HTTPS port: use https://\"}"
+        return "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\n"
+            + "connection: close\r\n\r\n" + body
+    }()
+
+    private var answered = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !answered else { return }  // the rest of the plain request: closing
+        let buffer = unwrapInboundIn(data)
+        guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self), first >= 0x41, first <= 0x5A else {
+            context.fireChannelRead(data)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
+        }
+        answered = true
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: Self.answer))).whenComplete { _ in
+            bound.value.close(promise: nil)
         }
     }
 }

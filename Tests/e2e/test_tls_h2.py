@@ -74,6 +74,16 @@ def test_curl_http1_and_http2_over_tls(tls_gateway, pki):
     assert forwarded["x-forwarded-proto"] == "https"
 
 
+def test_plain_http_on_the_tls_port_is_told_to_use_https(tls_gateway, pki):
+    """As from nginx: a 400 saying so, instead of a connection closed by a failed
+    handshake; TLS on the same port goes on working."""
+    plain = curl("-i", f"http://127.0.0.1:{tls_gateway.tls_port}/hello/plain")
+    assert plain.stdout.startswith("HTTP/1.1 400"), (plain.stdout, plain.stderr)
+    assert json.loads(plain.stdout.split("\n\n", 1)[1]) == {"error": "plain HTTP was sent to an HTTPS port: use https://"}
+    secure = curl("--cacert", str(pki["ca"]), f"https://localhost:{tls_gateway.tls_port}/hello/secure")
+    assert '"hello":"secure"' in secure.stdout, secure.stderr
+
+
 def test_h2c_prior_knowledge_and_http1_share_the_plain_port(gateway):
     h2 = curl("--http2-prior-knowledge", "-w", "\\n%{http_version}", f"{gateway.url}/hello/h2c")
     assert h2.stdout.endswith("\n2") and '"hello":"h2c"' in h2.stdout
