@@ -424,6 +424,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .proxy(let exchange):
             exchange.requestBody(buffer)
         case .proxyPending(var head):
+            cancelBodyCheck()  // on its way to the backend now: the backend's idle_timeout applies
             head.headers.add(name: "transfer-encoding", value: "chunked")
             state = .idle
             startProxy(head, context: context, bodyKnown: true)
