@@ -375,6 +375,12 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         if let token = upgradeToken(head) {
+            guard head.version.major >= 2 || !Self.hasBody(head) else {
+                // The handshake's bytes after the head belong to the tunnel, so a body
+                // would be lost on the way and the backend would wait for it.
+                reject(.badRequest, "an upgrade request cannot carry a body", context: context)
+                return
+            }
             startUpgrade(head, token: token, context: context)
             return
         }
@@ -393,13 +399,16 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             upstreamHead.headers.add(name: "traceparent", value: traceparent)
             info?.traceID = String(traceparent.dropFirst(3).prefix(32))
         }
-        let hasBody =
-            head.headers.contains(name: "transfer-encoding")
-            || (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0
-        let exchange = ProxyExchange(pool: loop.pool, head: upstreamHead, requestHasBody: hasBody, downstream: self)
+        let exchange = ProxyExchange(pool: loop.pool, head: upstreamHead, requestHasBody: Self.hasBody(head), downstream: self)
         state = .proxy(exchange)
         exchange.start()
         sendContinueIfExpected(head, context: context)
+    }
+
+    /// Whether a request head announces a body.
+    static func hasBody(_ head: HTTPRequestHead) -> Bool {
+        head.headers.contains(name: "transfer-encoding")
+            || (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0
     }
 
     /// The first transfer coding of a request other than `chunked`, if any

@@ -90,6 +90,23 @@ def test_a_refused_handshake_is_passed_through(gateway):
     assert httpx.get(f"{gateway.url}/hello/ok").status_code == 200
 
 
+def test_an_upgrade_request_with_a_body_gets_400(gateway):
+    """The bytes after a handshake's head belong to the tunnel: a body was dropped on
+    the way while its Content-Length went on, and the backend waited for it until
+    the gateway's 504 (response_timeout, 60 s by default)."""
+    handshake = (b"GET /ws/echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                 b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+    for framing in [b"Content-Length: 5\r\n\r\nhello", b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(handshake + framing)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 400"), data[:200]
+        assert b'"error":"an upgrade request cannot carry a body"' in data
+    assert httpx.get(f"{gateway.url}/hello/ok").status_code == 200
+
+
 def test_other_upgrades_are_stripped_not_tunnelled(gateway):
     response = httpx.get(f"{gateway.url}/headers", headers={"Upgrade": "h2c", "Connection": "Upgrade, HTTP2-Settings",
                                                             "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"})
