@@ -102,12 +102,21 @@ private final class AdminHandler: ChannelInboundHandler {
                 respond(context, head, .ok, "application/json", Array(#"{"status":"alive"}"#.utf8))
             case (.GET, "/readyz"), (.HEAD, "/readyz"):
                 readiness(context, head)
-            case (.GET, "/routes"):
+            case (.GET, "/routes"), (.HEAD, "/routes"):
                 respond(context, head, .ok, "application/json", routesJSON())
+            case (_, "/metrics"), (_, "/healthz"), (_, "/readyz"), (_, "/routes"):
+                writeSimpleResponse(
+                    context, to: head, status: .methodNotAllowed, headers: [("content-type", "application/json"), ("allow", "GET, HEAD")],
+                    body: Array(#"{"error":"only GET and HEAD"}"#.utf8))
             default:
                 respond(context, head, .notFound, "application/json", Array(#"{"error":"not found; try /metrics, /healthz, /readyz, /routes"}"#.utf8))
             }
         }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A malformed request was answered with 400 (and `Connection: close`) by NIO's protocol-error handler.
+        context.close(promise: nil)
     }
 
     /// Ready when the backend accepts a connection now and every route has its handler.

@@ -108,6 +108,23 @@ def test_readyz_follows_the_backend_and_healthz_stays_up(gateway_factory, uvicor
     assert httpx.get(f"{gateway.admin}/readyz").status_code == 200
 
 
+def test_admin_answers_wrong_methods_with_405_and_closes_after_a_malformed_request(gateway_factory, uvicorn_backend):
+    """A malformed request got NIO's 400 with `Connection: close`, but the connection
+    stayed open; a POST to an endpoint got 404."""
+    gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}")
+    posted = httpx.post(f"{gateway.admin}/healthz", content=b"x")
+    assert posted.status_code == 405 and posted.headers["allow"] == "GET, HEAD"
+    assert httpx.head(f"{gateway.admin}/routes").status_code == 200
+    port = int(gateway.admin.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"get /metrics HTTP/1.1\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):  # a socket timeout fails the test
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400")
+    assert httpx.get(f"{gateway.admin}/healthz").status_code == 200
+
+
 def test_admin_endpoints_are_not_on_the_public_listener(gateway_factory, uvicorn_backend):
     gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}")
     for path in ["/metrics", "/healthz", "/readyz", "/routes"]:
