@@ -96,7 +96,12 @@ public final class NativeResponder: Sendable {
 
     /// Completes the call with a gateway-made JSON error, e.g. when the handler never ran.
     public func fail(status: Int, message: String) {
-        complete(NativeResponse(status: status, headers: [("content-type", "application/json")], body: Array("{\"error\":\"\(message)\"}".utf8)))
+        complete(Self.errorResponse(status: status, message: message))
+    }
+
+    /// A gateway-made JSON error: `{"error":"…"}`.
+    private static func errorResponse(status: Int, message: String) -> NativeResponse {
+        NativeResponse(status: status, headers: [("content-type", "application/json")], body: Array("{\"error\":\"\(message)\"}".utf8))
     }
 
     /// Gives up on a handler that has not answered in `seconds` (an async or
@@ -112,7 +117,7 @@ public final class NativeResponder: Sendable {
             metadata: ["handler.name": "\(handlerName)", "timeout.seconds": "\(limit)"])
         Counter(label: "apus_handler_errors_total", dimensions: [("handler", handlerName)]).increment()
         let message = "handler \(handlerName) did not answer within \(limit) s (backend.response_timeout)"
-        deliver(NativeResponse(status: 504, headers: [("content-type", "application/json")], body: Array("{\"error\":\"\(message)\"}".utf8)))
+        deliver(Self.errorResponse(status: 504, message: message))
     }
 
     /// Completes the call; a second completion is a module bug, logged and dropped.

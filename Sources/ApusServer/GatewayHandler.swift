@@ -517,8 +517,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if case .native = state, generation == self.generation {
             // An async or blocking handler answers later: not later than backend.response_timeout.
-            let timeout = loop.pool.settings.responseTimeout
-            nativeTimer = eventLoop.scheduleTask(in: timeout) { responder.timeOut(afterSeconds: Double(timeout.nanoseconds) / 1e9) }
+            nativeTimer = loop.scheduleAnswerTimeout(for: responder)
         }
     }
 

@@ -495,11 +495,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         } }
         inNativeCall = false
-        if nativeInFlight {
-            // An async handler answers later: not later than backend.response_timeout.
-            let timeout = loop.pool.settings.responseTimeout
-            nativeTimer = eventLoop.scheduleTask(in: timeout) { responder.timeOut(afterSeconds: Double(timeout.nanoseconds) / 1e9) }
-        }
+        // An async handler answers later: not later than backend.response_timeout.
+        if nativeInFlight { nativeTimer = loop.scheduleAnswerTimeout(for: responder) }
         pending.moveReaderIndex(forwardBy: length)
         if pending.readableBytes == 0 { pending = ByteBuffer() }
     }

@@ -1,3 +1,4 @@
+import ApusPlugins
 import ApusProxy
 import NIOCore
 
@@ -23,6 +24,13 @@ final class LoopState {
         self.router = router
         var seed = SystemRandomNumberGenerator()
         random = SplitMix64(seed: seed.next())
+    }
+
+    /// Gives an async or blocking handler until `backend.response_timeout` to answer,
+    /// then answers for it (`NativeResponder.timeOut`); cancel the task once it has.
+    func scheduleAnswerTimeout(for responder: NativeResponder) -> Scheduled<Void> {
+        let timeout = pool.settings.responseTimeout
+        return eventLoop.scheduleTask(in: timeout) { responder.timeOut(afterSeconds: Double(timeout.nanoseconds) / 1e9) }
     }
 
     /// A fresh request id: 32 hex digits from a per-loop generator (no syscall per request).
