@@ -111,7 +111,7 @@ private final class HandlerBox: @unchecked Sendable {
                 var offset = 0
                 func copy(_ text: String) -> apus_type_str {
                     let start = offset
-                    let copied = text.utf8.withContiguousStorageIfAvailable { utf8 in
+                    let copied: Void? = text.utf8.withContiguousStorageIfAvailable { utf8 in
                         UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(arena)[offset...]).copyMemory(
                             from: UnsafeRawBufferPointer(utf8))
                         offset += utf8.count
@@ -146,16 +146,38 @@ private final class HandlerBox: @unchecked Sendable {
 }
 
 extension Request {
-    /// Copies a borrowed C request into Swift values.
+    /// Copies a borrowed C request: its text and header fields into one byte
+    /// array (decoded when read), path parameters into a dictionary and the body
+    /// into an array.
     fileprivate init(_ c: apus_type_request) {
+        var total = c.method.length + c.path.length + c.query.length + c.request_id.length + c.remote_address.length
+        for index in 0..<c.header_count { total += c.headers[index].name.length + c.headers[index].value.length }
+        var method = 0..<0, path = 0..<0, query = 0..<0, requestID = 0..<0, remoteAddress = 0..<0
+        var headers: [(name: Range<Int>, value: Range<Int>)] = []
+        headers.reserveCapacity(c.header_count)
+        let bytes = [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
+            var offset = 0
+            func copy(_ value: apus_type_str) -> Range<Int> {
+                let start = offset
+                if let data = value.data, value.length > 0 {
+                    UnsafeMutableRawPointer(buffer.baseAddress! + offset).copyMemory(from: data, byteCount: value.length)
+                    offset += value.length
+                }
+                return start..<offset
+            }
+            method = copy(c.method)
+            path = copy(c.path)
+            query = copy(c.query)
+            requestID = copy(c.request_id)
+            remoteAddress = copy(c.remote_address)
+            for index in 0..<c.header_count {
+                headers.append((copy(c.headers[index].name), copy(c.headers[index].value)))
+            }
+            initialized = offset
+        }
         func string(_ value: apus_type_str) -> String {
             guard let data = value.data, value.length > 0 else { return "" }
             return String(decoding: UnsafeRawBufferPointer(start: data, count: value.length), as: UTF8.self)
-        }
-        var headers: [(name: String, value: String)] = []
-        headers.reserveCapacity(c.header_count)
-        for index in 0..<c.header_count {
-            headers.append((string(c.headers[index].name), string(c.headers[index].value)))
         }
         var parameters: [String: String] = [:]
         for index in 0..<c.param_count {
@@ -163,8 +185,9 @@ extension Request {
         }
         let body: [UInt8] =
             c.body_length > 0 && c.body != nil ? Array(UnsafeBufferPointer(start: c.body, count: c.body_length)) : []
-        self.init(
-            method: string(c.method), path: string(c.path), query: string(c.query), requestID: string(c.request_id),
-            remoteAddress: string(c.remote_address), headers: Headers(headers), pathParameters: parameters, body: body)
+        let received = ReceivedBytes(
+            bytes: bytes, method: method, path: path, query: query, requestID: requestID, remoteAddress: remoteAddress,
+            headers: headers)
+        self.init(received: received, headers: Headers(received: received), pathParameters: parameters, body: body)
     }
 }

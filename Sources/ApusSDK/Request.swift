@@ -1,16 +1,12 @@
-/// A request as a native handler sees it: plain Swift values, copied out of the
-/// host's borrowed C data, so a handler may keep it as long as it likes.
+/// A request as a native handler sees it.
+///
+/// The host lends its request data only for the call, so the SDK copies it once,
+/// as bytes, before the handler runs; the text properties are decoded from those
+/// bytes when they are read. A handler pays only for what it reads (most read a
+/// path parameter or two, not every header), and may keep the request as long as
+/// it likes.
 public struct Request: Sendable {
-    /// The method, upper-case: `"GET"`.
-    public let method: String
-    /// The normalised, percent-decoded path: `"/quote/ACME"`.
-    public let path: String
-    /// The raw query string without `?`, empty when there is none.
-    public let query: String
-    /// The request id the gateway logs and returns in `X-Request-ID`.
-    public let requestID: String
-    /// The client's address, `"127.0.0.1:51234"`, or empty when unknown.
-    public let remoteAddress: String
+    private let received: ReceivedBytes
     /// The request headers, in order, names lower-case.
     public let headers: Headers
     /// Values of the route's `{name}` segments, decoded.
@@ -18,17 +14,30 @@ public struct Request: Sendable {
     /// The whole request body (at most the route's `max_body_size`).
     public let body: [UInt8]
 
+    /// The method, upper-case: `"GET"`.
+    public var method: String { received.string(received.method) }
+    /// The normalised, percent-decoded path: `"/quote/ACME"`.
+    public var path: String { received.string(received.path) }
+    /// The raw query string without `?`, empty when there is none.
+    public var query: String { received.string(received.query) }
+    /// The request id the gateway logs and returns in `X-Request-ID`.
+    public var requestID: String { received.string(received.requestID) }
+    /// The client's address, `"127.0.0.1:51234"`, or empty when unknown.
+    public var remoteAddress: String { received.string(received.remoteAddress) }
+
     /// Creates a request; the gateway does this for you, tests may too.
     public init(
         method: String, path: String, query: String = "", requestID: String = "",
         remoteAddress: String = "", headers: Headers = Headers(),
         pathParameters: [String: String] = [:], body: [UInt8] = []
     ) {
-        self.method = method
-        self.path = path
-        self.query = query
-        self.requestID = requestID
-        self.remoteAddress = remoteAddress
+        self.init(
+            received: ReceivedBytes(method: method, path: path, query: query, requestID: requestID, remoteAddress: remoteAddress),
+            headers: headers, pathParameters: pathParameters, body: body)
+    }
+
+    init(received: ReceivedBytes, headers: Headers, pathParameters: [String: String], body: [UInt8]) {
+        self.received = received
         self.headers = headers
         self.pathParameters = pathParameters
         self.body = body
@@ -50,28 +59,106 @@ public struct Request: Sendable {
 }
 
 /// Header fields in order, looked up without regard to case.
+///
+/// A request's headers stay the bytes the host sent until they are read: the
+/// lookup compares names in place and decodes only the value it returns.
 public struct Headers: Sendable, Sequence {
-    /// The fields in the order they arrived.
-    public private(set) var fields: [(name: String, value: String)]
+    private enum Storage: Sendable {
+        case list([(name: String, value: String)])
+        case received(ReceivedBytes)
+    }
+
+    private var storage: Storage
 
     /// Creates a header list.
-    public init(_ fields: [(name: String, value: String)] = []) { self.fields = fields }
+    public init(_ fields: [(name: String, value: String)] = []) { storage = .list(fields) }
+
+    init(received: ReceivedBytes) { storage = .received(received) }
+
+    /// The fields in the order they arrived.
+    public var fields: [(name: String, value: String)] {
+        switch storage {
+        case .list(let fields): fields
+        case .received(let received): received.headers.map { (received.string($0.name), received.string($0.value)) }
+        }
+    }
 
     /// The first value for `name`, compared case-insensitively (ASCII letters:
     /// header names are ASCII tokens; compared in place, not lowercased copies).
     public subscript(_ name: String) -> String? {
-        fields.first { sameIgnoringASCIICase($0.name, name) }?.value
+        switch storage {
+        case .list(let fields):
+            return fields.first { sameIgnoringASCIICase($0.name.utf8, name.utf8) }?.value
+        case .received(let received):
+            guard let field = received.headers.first(where: { sameIgnoringASCIICase(received.bytes[$0.name], name.utf8) })
+            else { return nil }
+            return received.string(field.value)
+        }
     }
 
     /// Appends a field.
-    public mutating func add(_ name: String, _ value: String) { fields.append((name, value)) }
+    public mutating func add(_ name: String, _ value: String) {
+        var list: [(name: String, value: String)]
+        switch storage {
+        case .list(let fields): list = fields
+        case .received: list = fields
+        }
+        storage = .list([])  // so that `list` is the only reference and appends in place
+        list.append((name, value))
+        storage = .list(list)
+    }
 
     public func makeIterator() -> IndexingIterator<[(name: String, value: String)]> { fields.makeIterator() }
 }
 
+/// The text of a request (method, path, query, request id, client address and
+/// header fields) as one run of bytes with where each part lies, copied once from
+/// what the host lent. Immutable, so copies of a request share it across threads.
+final class ReceivedBytes: Sendable {
+    let bytes: [UInt8]
+    let method: Range<Int>
+    let path: Range<Int>
+    let query: Range<Int>
+    let requestID: Range<Int>
+    let remoteAddress: Range<Int>
+    let headers: [(name: Range<Int>, value: Range<Int>)]
+
+    init(
+        bytes: [UInt8], method: Range<Int>, path: Range<Int>, query: Range<Int>, requestID: Range<Int>,
+        remoteAddress: Range<Int>, headers: [(name: Range<Int>, value: Range<Int>)]
+    ) {
+        self.bytes = bytes
+        self.method = method
+        self.path = path
+        self.query = query
+        self.requestID = requestID
+        self.remoteAddress = remoteAddress
+        self.headers = headers
+    }
+
+    /// The request parts given as strings (a request made in Swift, as tests do).
+    convenience init(method: String, path: String, query: String, requestID: String, remoteAddress: String) {
+        var bytes: [UInt8] = []
+        func append(_ text: String) -> Range<Int> {
+            let start = bytes.count
+            bytes.append(contentsOf: text.utf8)
+            return start..<bytes.count
+        }
+        let method = append(method), path = append(path), query = append(query)
+        let requestID = append(requestID), remoteAddress = append(remoteAddress)
+        self.init(
+            bytes: bytes, method: method, path: path, query: query, requestID: requestID, remoteAddress: remoteAddress,
+            headers: [])
+    }
+
+    /// The bytes at `range` as a string (invalid UTF-8 becomes U+FFFD).
+    func string(_ range: Range<Int>) -> String {
+        bytes.withUnsafeBufferPointer { String(decoding: UnsafeBufferPointer(rebasing: $0[range]), as: UTF8.self) }
+    }
+}
+
 /// Whether two names are equal when ASCII letters are folded to lower case.
-func sameIgnoringASCIICase(_ a: String, _ b: String) -> Bool {
-    let a = a.utf8, b = b.utf8
+func sameIgnoringASCIICase<A: Collection<UInt8>, B: Collection<UInt8>>(_ a: A, _ b: B) -> Bool {
     guard a.count == b.count else { return false }
     for (x, y) in zip(a, b) where x != y {
         let lower = x | 0x20

@@ -75,6 +75,38 @@ struct PluginTests {
         #expect(edited.hash != first.hash && edited.libraryPath != first.libraryPath)
     }
 
+    /// The SDK copies a request as bytes and decodes each part when it is read:
+    /// every part must read back as the host sent it, and headers must behave as a list.
+    @Test func handlerReadsEveryPartOfTheRequest() async throws {
+        let folder = try Self.scratch()
+        let source = folder.appendingPathComponent("parts.swift")
+        try Self.write(
+            """
+            let handler = Handler.inline { request in
+                var headers = request.headers
+                headers.add("x-added", "1")
+                let names = headers.fields.map { $0.name + "=" + $0.value }.joined(separator: ",")
+                let parts = [request.method, request.path, request.query, request.requestID, request.remoteAddress,
+                             request.headers["ACCEPT"] ?? "nil", request.headers["x-missing"] ?? "nil",
+                             headers["X-Added"] ?? "nil", names, String(request.headers.fields.count),
+                             request.pathParameters["id"] ?? "nil", request.text]
+                return .text(parts.joined(separator: "|"))
+            }
+            """, to: source)
+        let built = try await Self.compiler(folder).compile(name: "parts", source: source.path)
+        let library = try HandlerLibrary.load(path: built.libraryPath, name: "parts")
+        let request = NativeRequest(
+            method: "PUT", path: "/items/ünï", query: "a=1&b=2", requestID: "0123456789abcdef-rid", remoteAddress: "[::1]:4000",
+            headers: [("host", "api.example"), ("accept", "text/plain"), ("accept", "second")],
+            parameters: [(name: "id", value: "ünï")])
+        let response = await Self.call(library, request, body: Array("body ✓".utf8))
+        #expect(response.status == 200)
+        #expect(
+            String(decoding: response.body, as: UTF8.self)
+                == "PUT|/items/ünï|a=1&b=2|0123456789abcdef-rid|[::1]:4000|text/plain|nil|1"
+                + "|host=api.example,accept=text/plain,accept=second,x-added=1|3|ünï|body ✓")
+    }
+
     @Test func compileErrorsCarryFileAndLine() async throws {
         let folder = try Self.scratch()
         let source = folder.appendingPathComponent("bad.swift")
