@@ -204,6 +204,10 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             answerMalformedRequest(parserError, context: context)
             return
         }
+        if let streamError = error as? HTTP2StreamError {
+            recordMalformedStream(streamError, context: context)
+            return
+        }
         shared.logger.debug("connection error", metadata: ["error": "\(error)", "client": "\(clientDescription)"])
         context.close(promise: nil)
     }
@@ -248,6 +252,29 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             keepAlive: false)
         RequestMetrics.inFlight.increment()
         refuseUnrouted(status, message, context: context)
+    }
+
+    /// `HTTP2StreamCodec` found an HTTP/2 request malformed and reset its stream
+    /// (PROTOCOL_ERROR, RFC 9113 8.1.1). The reset is the client's only answer; the
+    /// access log and metrics get a 400 refused before routing, with a request id,
+    /// as nginx logs such a request, and the gateway log the reason.
+    private func recordMalformedStream(_ error: HTTP2StreamError, context: ChannelHandlerContext) {
+        guard case .idle = state, info == nil else {
+            // Trailers: the request was under way, and ends as any reset request does.
+            context.close(promise: nil)
+            return
+        }
+        var refused = RequestInfo(
+            method: .RAW(value: "-"), uri: "-", version: HTTPVersion(major: 2, minor: 0), requestID: loop.makeRequestID(),
+            started: .now(), keepAlive: false)
+        refused.kind = "gateway"
+        refused.route = "(none)"
+        refused.status = 400
+        record(refused)
+        shared.logger.info(
+            "stream reset", metadata: ["reason": "\(error)", "client": "\(clientDescription)", "request.id": "\(refused.requestID)"])
+        state = .rejecting
+        context.close(promise: nil)
     }
 
     /// The status and message for a request NIO's decoder refused.

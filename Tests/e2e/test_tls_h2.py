@@ -180,6 +180,35 @@ def test_malformed_h2_requests_reset_their_stream_and_spare_the_connection(gatew
     sock.close()
 
 
+def test_malformed_h2_requests_are_logged_and_counted(gateway_factory, uvicorn_backend):
+    """The reset is all the client gets, but the gateway logs a malformed HTTP/2 request
+    as nginx does: an access line with 400 and a request id, a count (kind `gateway`,
+    route `(none)`), and the reason in its own log. Before, it left no trace at all."""
+    from test_observability import scrape, start_with_admin, value
+    gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}", access_log="json")
+    before = scrape(gateway)
+    sock, conn = h2_connection(gateway.port, validate=False)
+    for extra in ([("X-Upper", "1")], [("connection", "close")]):
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, headers("/headers", gateway.port) + extra, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        events = read_events(sock, conn, lambda e: any(isinstance(x, h2.events.StreamReset) for x in e))
+        assert any(isinstance(x, h2.events.StreamReset) and x.stream_id == stream for x in events), events
+    sock.close()
+
+    def refused():
+        return [line for line in map(json.loads, (l for l in gateway.log().splitlines() if l.startswith("{")))
+                if line.get("status") == 400 and line.get("version") == "HTTP/2.0"]
+    wait_for(lambda: len(refused()) == 2, 5, "two access lines")
+    assert all(line["kind"] == "gateway" and line["request_id"] for line in refused()), refused()
+    assert "malformed HTTP/2 request: invalid field name" in gateway.log()
+    assert "malformed HTTP/2 request: connection-specific field connection" in gateway.log()
+    after = scrape(gateway)
+    assert value(after, "apus_requests_total", route="(none)", method="OTHER", status="4xx", kind="gateway") \
+        - value(before, "apus_requests_total", route="(none)", method="OTHER", status="4xx", kind="gateway") == 2
+    assert value(after, "apus_inflight_requests") == 0
+
+
 def test_h2_request_trailers_and_a_valid_extended_set_of_fields_pass(gateway):
     sock, conn = h2_connection(gateway.port)
     stream = conn.get_next_available_stream_id()
