@@ -33,6 +33,9 @@ import callgrind
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
+# The gateway's release build, as Docker/Dockerfile makes it: without SwiftNIO's
+# run-time exclusivity checks (see Package.swift).
+RELEASE_BUILD = ["-c", "release", "--product", "apus", "-Xswiftc", "-enforce-exclusivity=unchecked"]
 VENV = ROOT / ".venv" / "bin"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -293,16 +296,19 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="one short round per scenario, to check the bench runs")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=6)
-    parser.add_argument("--apus", help="the apus binary (default: .build/release/apus, built if missing)")
+    parser.add_argument("--apus", help="the apus binary (default: .build/release/apus, built first)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--callgrind-requests", type=int, default=2000, help="requests counted per scenario under callgrind")
     parser.add_argument("--only-callgrind", action="store_true", help="skip the timed scenarios; count instructions only")
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.duration, args.callgrind_requests = 1, 1, 100
-    apus = Path(args.apus).resolve() if args.apus else ROOT / ".build" / "release" / "apus"
-    if not apus.exists():
-        subprocess.run(["swift", "build", "-c", "release", "--product", "apus"], cwd=ROOT, check=True)
+    if args.apus:
+        apus = Path(args.apus).resolve()
+    else:
+        # Brought up to date every time, so that the figures are the source's.
+        subprocess.run(["swift", "build", *RELEASE_BUILD], cwd=ROOT, check=True)
+        apus = ROOT / ".build" / "release" / "apus"
     for tool in ["nginx", "wrk", "h2load", "taskset", "openssl", "valgrind", "callgrind_control", "cc", "objcopy"]:
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} not found; run bench/setup.sh")
