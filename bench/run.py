@@ -307,7 +307,7 @@ def main():
         apus = Path(args.apus).resolve()
     else:
         # Brought up to date every time, so that the figures are the source's.
-        subprocess.run(["swift", "build", *RELEASE_BUILD], cwd=ROOT, check=True)
+        subprocess.run(["swift", "build", *RELEASE_BUILD], cwd=ROOT, check=True, stdout=sys.stderr)  # stdout is the table
         apus = ROOT / ".build" / "release" / "apus"
     for tool in ["nginx", "wrk", "h2load", "taskset", "openssl", "valgrind", "callgrind_control", "cc", "objcopy"]:
         if not shutil.which(tool):
