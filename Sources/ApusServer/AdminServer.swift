@@ -19,6 +19,7 @@ public final class AdminServer: Service, Sendable {
     private let listen: String
     private let group: any EventLoopGroup
     private let state: AdminState
+    private let idleTimeout: TimeAmount
     private let logger: Logger
 
     /// What the admin endpoints read; the gateway updates the router on every swap.
@@ -39,8 +40,10 @@ public final class AdminServer: Service, Sendable {
         public func routerSwapped(_ router: Router) { self.router.withLockedValue { $0 = router } }
     }
 
-    public init(listen: String, group: any EventLoopGroup, state: AdminState, logger: Logger) {
+    /// `idleTimeout`: how long a connection may stay quiet (the server's `keepalive_timeout`).
+    public init(listen: String, group: any EventLoopGroup, state: AdminState, idleTimeout: TimeAmount, logger: Logger) {
         self.listen = listen
+        self.idleTimeout = idleTimeout
         self.group = group
         self.state = state
         self.logger = logger
@@ -48,10 +51,12 @@ public final class AdminServer: Service, Sendable {
 
     public func run() async throws {
         let state = self.state
+        let idleTimeout = self.idleTimeout
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(CloseWhenIdle(timeout: idleTimeout))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(AdminHandler(state: state))
                 }

@@ -134,6 +134,7 @@ public final class GatewayServer: Service, Sendable {
                 listeners.append(
                     (spec, "http (redirect to https)",
                         bootstrap { channel, _ in
+                            try channel.pipeline.syncOperations.addHandler(CloseWhenIdle(timeout: settings.keepAliveTimeout))
                             try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                             try channel.pipeline.syncOperations.addHandler(HTTPSRedirectHandler(httpsPort: httpsPort))
                         }))

@@ -38,6 +38,7 @@ enum HTTPPipelines {
             maxHeadBytes: settings.maxHeadBytes, decoderLimits: settings.decoderLimits, responses: encoder)
         let gateway = GatewayHandler(loop: loop.value, shared: shared, peer: peer, front: front)
         try sync.addHandlers([front, encoder, gateway, ConnectionMetricsHandler(http2: false)])
+        ConnectionStartDeadline.remove(from: sync)
     }
 
     /// Adds NIO's request decoder (llhttp) and pipelining assistance to an HTTP/1.1
@@ -105,6 +106,7 @@ enum HTTPPipelines {
         }
         try sync.addHandler(manager)
         try sync.addHandler(ConnectionMetricsHandler(http2: true))
+        ConnectionStartDeadline.remove(from: sync)
         // The manager starts its idle and grace timers on channelActive, which passed before
         // ALPN or the preface decided on HTTP/2; replay it to the manager alone (nothing follows it).
         if channel.isActive {
@@ -118,6 +120,7 @@ enum HTTPPipelines {
         _ channel: any Channel, loop: NIOLoopBound<LoopState>, shared: GatewayShared, settings: PipelineSettings, h2c: Bool
     ) throws {
         guard h2c else { return try configureHTTP1(channel, loop: loop, shared: shared, settings: settings) }
+        try channel.pipeline.syncOperations.addHandler(ConnectionStartDeadline(timeout: settings.keepAliveTimeout))
         try channel.pipeline.syncOperations.addHandler(
             HTTP2PrefaceDetector(
                 http1: { try configureHTTP1($0, loop: loop, shared: shared, settings: settings) },
@@ -130,6 +133,7 @@ enum HTTPPipelines {
         settings: PipelineSettings
     ) throws {
         let sync = channel.pipeline.syncOperations
+        try sync.addHandler(ConnectionStartDeadline(timeout: settings.keepAliveTimeout))
         try sync.addHandler(PlainHTTPOnTLSPortHandler())
         try sync.addHandler(NIOSSLServerHandler(context: context))
         try sync.addHandler(
@@ -143,6 +147,93 @@ enum HTTPPipelines {
                     }
                 }
             })
+    }
+}
+
+/// Closes a connection whose HTTP pipeline is not set up within `timeout` of its
+/// opening: a TCP connection that never sends a byte, a TLS handshake that never
+/// completes, an HTTP/2 preface cut short. Until the set-up, no handler that
+/// times connections out is in the pipeline (the HTTP/1.1 front handler's
+/// keep-alive timer and HTTP/2's idle timer come with them), and such
+/// connections held their descriptors for ever. A fixed deadline, not one moved
+/// by each read: a handshake sent a byte at a time does not keep a connection
+/// either (nginx times the handshake with `client_header_timeout` the same way).
+/// `configureHTTP1` and `configureHTTP2` remove it.
+final class ConnectionStartDeadline: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    private let timeout: TimeAmount
+    private var deadline: Scheduled<Void>?
+
+    init(timeout: TimeAmount) { self.timeout = timeout }
+
+    /// Removes the deadline from a pipeline whose HTTP handlers are now in place (if it has one).
+    static func remove(from sync: ChannelPipeline.SynchronousOperations) {
+        guard let handler = try? sync.handler(type: ConnectionStartDeadline.self) else { return }
+        sync.removeHandler(handler, promise: nil)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { schedule(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if deadline == nil { schedule(context) }
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+    }
+
+    private func schedule(_ context: ChannelHandlerContext) {
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: timeout) {
+            bound.value.close(promise: nil)
+        }
+    }
+}
+
+/// Closes a connection nothing has been read from for `timeout`: the keep-alive
+/// timeout of the listeners that use NIO's HTTP server pipeline (the HTTPS
+/// redirect and admin listeners), whose connections were otherwise kept for ever.
+final class CloseWhenIdle: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    typealias OutboundIn = NIOAny
+
+    private let timeout: TimeAmount
+    private var lastRead = NIODeadline.now()
+    private var check: Scheduled<Void>?
+
+    init(timeout: TimeAmount) { self.timeout = timeout }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        lastRead = .now()
+        schedule(context, at: lastRead + timeout)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        check?.cancel()
+        check = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastRead = .now()  // the timer moves on lazily, when it fires
+        context.fireChannelRead(data)
+    }
+
+    private func schedule(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        check = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = bound.value
+            let due = handler.lastRead + handler.timeout
+            if due <= .now() {
+                context.close(promise: nil)
+            } else {
+                handler.schedule(context, at: due)
+            }
+        }
     }
 }
 

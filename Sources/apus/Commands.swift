@@ -149,7 +149,10 @@ struct Serve: AsyncParsableCommand {
                     },
                     readiness: readiness, backend: try GatewayServer.socketAddress(config.backend.address), router: built.router)
                 adminState = state
-                services.append(AdminServer(listen: listen, group: group, state: state, logger: logger))
+                services.append(
+                    AdminServer(
+                        listen: listen, group: group, state: state,
+                        idleTimeout: .nanoseconds(Int64(config.server.keepAliveTimeout * 1_000_000_000)), logger: logger))
             } catch {
                 throw fail(error)
             }

@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -453,6 +454,65 @@ def test_http_redirects_to_https(gateway_factory, uvicorn_backend, pki):
     response = httpx.get(f"http://localhost:{redirect_port}/hello/x?y=1")
     assert response.status_code == 308
     assert response.headers["location"] == f"https://localhost:{tls_port}/hello/x?y=1"
+
+
+def closes_within(sock, seconds):
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_connections_that_never_start_http_are_closed_after_keepalive_timeout(gateway_factory, uvicorn_backend, pki):
+    """A TCP connection that sends nothing (plain or TLS port), a TLS handshake that
+    never finishes, an HTTP/2 preface cut short, and a quiet connection on the HTTPS
+    redirect or admin listener were held for ever: no handler that times connections out was in
+    their pipelines yet. They are closed after keepalive_timeout, as nginx closes them
+    after client_header_timeout. A TLS connection that has started HTTP keeps its own
+    timer: requests spaced out past the deadline are still answered on it."""
+    from test_observability import start_with_admin
+    tls_port, redirect_port = free_port(), free_port()
+    gateway = start_with_admin(gateway_factory, f"unix:{uvicorn_backend.socket_path}",
+                               server_extra=f'keepalive_timeout = 1\nredirect_https = ["127.0.0.1:{redirect_port}"]\n'
+                               + tls_block(tls_port, pki))
+    wait_for(lambda: can_connect_tcp(tls_port) and can_connect_tcp(redirect_port), 10, "listeners")
+    admin_port = int(gateway.admin.rsplit(":", 1)[1])
+    quiet = {
+        "plain, nothing sent": (gateway.port, b""),
+        "TLS, nothing sent": (tls_port, b""),
+        "TLS, half a ClientHello": (tls_port, b"\x16\x03\x01\x00\xc8\x01"),
+        "h2c, half the preface": (gateway.port, b"PRI * HTTP/2.0\r\n"),
+        "redirect listener, nothing sent": (redirect_port, b""),
+        "admin listener, nothing sent": (admin_port, b""),
+    }
+    sockets = {}
+    for name, (port, first) in quiet.items():
+        sockets[name] = socket.create_connection(("127.0.0.1", port))
+        if first:
+            sockets[name].sendall(first)
+    started = time.monotonic()
+    for name, sock in sockets.items():
+        with sock:
+            assert closes_within(sock, 8), name
+    assert time.monotonic() - started < 8
+
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    connection = http.client.HTTPSConnection("localhost", tls_port, context=context, timeout=10)
+    try:
+        connection.request("GET", "/hello/first")
+        assert connection.getresponse().read() and connection.sock is not None
+        first_socket = connection.sock
+        for i in range(3):
+            time.sleep(0.6)
+            connection.request("GET", f"/hello/again{i}")
+            response = connection.getresponse()
+            assert response.status == 200 and f"again{i}".encode() in response.read()
+        assert connection.sock is first_socket  # one connection throughout, 1.8 s past its start
+    finally:
+        connection.close()
 
 
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) not installed")
