@@ -86,6 +86,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// gateway takes the verdict instead of routing again.
     private var handedOverWithoutNativeRoute = false
     private var idleCheck: Scheduled<Void>?
+    /// Bytes of answers not yet sent when the idle check last found any.
+    private var unsentAtLastCheck = 0
     /// Gives up on an async handler that does not answer (`NativeResponder.timeOut`).
     private var nativeTimer: Scheduled<Void>?
     /// The encoder of the gateway's answers, told each request's method as it goes to the gateway.
@@ -195,6 +197,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { resumeReading(context) }
         context.fireChannelWritabilityChanged()
+        // Pipelined requests wait while the client does not take the answers (`processPending`).
+        if context.channel.isWritable, !framing, case .fast = mode, pending.readableBytes > 0 { processPending(context) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -243,14 +247,18 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: framing
 
     /// Frames and serves what is buffered, until a request is incomplete or
-    /// another party (an async handler, the gateway) has to answer first.
+    /// another party (an async handler, the gateway) has to answer first. It also
+    /// waits while the channel is not writable: a client that pipelines requests
+    /// and does not read the answers would otherwise make the gateway hold every
+    /// answer at once (64 KiB of short requests for a large native response each
+    /// is gigabytes). Framing resumes when the answers drain (`channelWritabilityChanged`).
     private func processPending(_ context: ChannelHandlerContext) {
         framing = true
         defer {
             framing = false
             resumeReading(context)
         }
-        while case .fast = mode, !nativeInFlight, !closing, !quiescing, pending.readableBytes > 0 {
+        while case .fast = mode, !nativeInFlight, !closing, !quiescing, pending.readableBytes > 0, context.channel.isWritable {
             let scan = pending.withUnsafeReadableBytes { bytes in
                 HTTP1RequestHead.scan(bytes, fields: &fields, maxFields: maxHeaderFields)
             }
@@ -575,8 +583,15 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch mode {
         case .fast where !nativeInFlight:
-            context.close(promise: nil)
-            return
+            // Answers still leaving for a client that reads slowly keep the connection
+            // while they move (nginx's `send_timeout`): it is idle once nothing has
+            // left for keepalive_timeout, or nothing is left to send.
+            let unsent = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
+            if unsent == 0 || unsent == unsentAtLastCheck {
+                context.close(promise: nil)
+                return
+            }
+            unsentAtLastCheck = unsent
         case .passthrough:
             // The gateway knows whether a request is in progress; it closes if not.
             context.fireUserInboundEventTriggered(IdleStateHandler.IdleStateEvent.read)

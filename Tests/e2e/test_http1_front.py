@@ -261,6 +261,51 @@ def test_keepalive_timeout_closes_quiet_and_dribbling_connections_but_not_busy_o
         assert read_response(busy, busy_buffer)[0] == 200
 
 
+def test_pipelined_answers_wait_for_a_slow_reader_who_gets_them_all_and_a_stalled_one_is_closed(
+        gateway_factory, uvicorn_backend):
+    """A client that pipelines requests for large native answers and reads them slowly
+    was cut off keepalive_timeout after its last request, although answers were still
+    leaving; and the gateway served every pipelined request at once, holding all the
+    answers in memory for a client that was not taking them. Now framing waits while
+    the client does not take the answers, the connection stays while answers leave
+    (nginx's send_timeout), and one whose answers stop leaving is closed."""
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", server_extra="keepalive_timeout = 1")
+    target = b"/orderbook/ACME?n=10000"
+    requests = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    expected = httpx.get(gateway.url + target.decode()).content
+    count = 20
+
+    def served():
+        return gateway.log().count('"GET /orderbook/ACME?n=10000 HTTP/1.1" 200')
+
+    with connect(gateway) as slow:
+        before = served()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.sendall(requests * count)
+        time.sleep(0.6)
+        assert served() - before < count  # the rest wait for the client to take the answers
+        buffered = bytearray()
+        for _ in range(count):  # about 15 MB, read over more than keepalive_timeout
+            status, _, body = read_response(slow, buffered)
+            assert status == 200 and body == expected
+            time.sleep(0.06)
+        assert served() - before == count
+
+    with connect(gateway) as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        stalled.sendall(requests * count)
+        time.sleep(4)  # takes nothing for more than two keepalive_timeouts
+        stalled.settimeout(5)
+        received = 0
+        try:
+            while chunk := stalled.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert received < count * len(expected)  # closed by the gateway before the end
+    assert httpx.get(f"{gateway.url}/echo/still/up").status_code == 200
+
+
 def h1(gateway, target: str) -> tuple[int, dict, bytes]:
     with connect(gateway) as sock:
         sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
