@@ -85,6 +85,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// for (method and normalised path checked against the same table): the
     /// gateway takes the verdict instead of routing again.
     private var handedOverWithoutNativeRoute = false
+    /// The channel's writability, as its last change said (read on every request; cheaper than asking the channel).
+    private var writable = true
     private var idleCheck: Scheduled<Void>?
     /// Bytes of answers not yet sent when the idle check last found any.
     private var unsentAtLastCheck = 0
@@ -195,10 +197,11 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { resumeReading(context) }
+        writable = context.channel.isWritable
+        if writable { resumeReading(context) }
         context.fireChannelWritabilityChanged()
         // Pipelined requests wait while the client does not take the answers (`processPending`).
-        if context.channel.isWritable, !framing, case .fast = mode, pending.readableBytes > 0 { processPending(context) }
+        if writable, !framing, case .fast = mode, pending.readableBytes > 0 { processPending(context) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -258,7 +261,7 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             framing = false
             resumeReading(context)
         }
-        while case .fast = mode, !nativeInFlight, !closing, !quiescing, pending.readableBytes > 0, context.channel.isWritable {
+        while case .fast = mode, !nativeInFlight, !closing, !quiescing, writable, pending.readableBytes > 0 {
             let scan = pending.withUnsafeReadableBytes { bytes in
                 HTTP1RequestHead.scan(bytes, fields: &fields, maxFields: maxHeaderFields)
             }
@@ -578,23 +581,25 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let quietSince = lastRead
         let now = NIODeadline.now()
         if now - quietSince < keepAliveTimeout {
+            unsentAtLastCheck = 0
             scheduleIdleCheck(context, at: quietSince + keepAliveTimeout)
             return
         }
+        // Answers still leaving for a client that reads slowly keep the connection
+        // while they move (nginx's `send_timeout`): it is idle once nothing has left
+        // since the last check, or nothing is left to send.
+        let unsent = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
+        let answersMoving = unsent > 0 && unsent != unsentAtLastCheck
+        unsentAtLastCheck = unsent
         switch mode {
         case .fast where !nativeInFlight:
-            // Answers still leaving for a client that reads slowly keep the connection
-            // while they move (nginx's `send_timeout`): it is idle once nothing has
-            // left for keepalive_timeout, or nothing is left to send.
-            let unsent = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
-            if unsent == 0 || unsent == unsentAtLastCheck {
+            if !answersMoving {
                 context.close(promise: nil)
                 return
             }
-            unsentAtLastCheck = unsent
         case .passthrough:
             // The gateway knows whether a request is in progress; it closes if not.
-            context.fireUserInboundEventTriggered(IdleStateHandler.IdleStateEvent.read)
+            if !answersMoving { context.fireUserInboundEventTriggered(IdleStateHandler.IdleStateEvent.read) }
         case .fast, .gateway:
             break  // a request is being answered
         }
