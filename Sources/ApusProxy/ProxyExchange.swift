@@ -258,7 +258,8 @@ public final class ProxyExchange: UpstreamDelegate {
     private func armResponseTimer() { responseDeadline = .now() + pool.settings.responseTimeout }
 
     /// Called by the pool's deadline sweep (every `UpstreamPool.deadlineTick`): fails the
-    /// exchange if the backend has not answered in time, or if the stream stalled.
+    /// exchange if the backend has not answered in time, or if the stream stalled
+    /// (the backend's, or the client's when it stopped reading the response).
     func checkDeadlines(_ now: NIODeadline) {
         switch state {
         case .finished, .connecting:
@@ -275,6 +276,11 @@ public final class ProxyExchange: UpstreamDelegate {
             break
         }
         if now >= lastActivity + pool.settings.idleTimeout {
+            if case .streamingResponse = state, downstream?.proxyDownstreamWritable == false {
+                // The backend was paused for the client, not stalled: the client stopped taking the response.
+                fail(.clientStoppedReading)
+                return
+            }
             UpstreamMetrics.idleTimeouts.increment()
             fail(.idleTimeout)
         }

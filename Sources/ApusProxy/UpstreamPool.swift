@@ -39,6 +39,8 @@ public enum UpstreamError: Error, Sendable, CustomStringConvertible {
     case connectTimeout
     case responseTimeout
     case idleTimeout
+    /// The response stream was paused for `idle_timeout` because the client did not take it.
+    case clientStoppedReading
     case closedEarly
     case invalidResponse(String)
     case poolShutDown
@@ -49,16 +51,18 @@ public enum UpstreamError: Error, Sendable, CustomStringConvertible {
         case .connectTimeout: return "timed out connecting to the backend"
         case .responseTimeout: return "backend did not answer in time"
         case .idleTimeout: return "backend stream stalled"
+        case .clientStoppedReading: return "client stopped reading the response"
         case .closedEarly: return "backend closed the connection before answering"
         case .invalidResponse(let reason): return "backend sent an invalid response: \(reason)"
         case .poolShutDown: return "gateway is shutting down"
         }
     }
 
-    /// 504 for timeouts, 502 for everything else.
+    /// 504 for the backend's timeouts, 408 for the client's, 502 for everything else.
     public var status: HTTPResponseStatus {
         switch self {
         case .connectTimeout, .responseTimeout, .idleTimeout: return .gatewayTimeout
+        case .clientStoppedReading: return .requestTimeout
         default: return .badGateway
         }
     }

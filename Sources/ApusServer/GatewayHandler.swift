@@ -766,8 +766,11 @@ extension GatewayHandler: ProxyDownstream {
 
     func proxyFailed(_ error: UpstreamError, headWritten: Bool) {
         guard let context, var info else { return }
-        shared.logger.warning(
-            "backend exchange failed",
+        // A client that stops reading is the client's business (nginx logs its timeouts at info).
+        var level = Logger.Level.warning
+        if case .clientStoppedReading = error { level = .info }
+        shared.logger.log(
+            level: level, "backend exchange failed",
             metadata: [
                 "http.method": "\(info.method.rawValue)", "http.path": "\(info.uri)", "request.id": "\(info.requestID)",
                 "error": "\(error)",

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from conftest import Backend
+from conftest import Backend, wait_for
 
 
 def pattern_block(index: int, size: int) -> bytes:
@@ -366,3 +366,28 @@ def test_a_request_on_a_pooled_connection_the_backend_closed_is_retried_on_a_new
     # The retry must not take the other stale connection.
     response = httpx.get(f"{gateway.url}/keepalive-once")
     assert response.status_code == 200 and response.text == "ok"
+
+
+def test_a_client_that_stops_reading_a_streamed_response_is_named_in_the_log(gateway_factory, uvicorn_backend):
+    """The backend is paused while the client does not take the response; after
+    backend.idle_timeout the exchange ends and the connection closes. The log said
+    "backend stream stalled" (a warning, and a backend idle timeout in the metrics),
+    blaming a backend that was only waiting; it names the client now."""
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", backend_extra="idle_timeout = 1")
+    size = 200_000_000
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gateway.port))
+        sock.sendall(f"GET /download?size={size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(3)  # takes nothing for longer than idle_timeout
+        sock.settimeout(5)
+        received = 0
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert received < size
+    wait_for(lambda: "client stopped reading the response" in gateway.log(), 5, "the log line")
+    assert "backend stream stalled" not in gateway.log()
+    assert httpx.get(f"{gateway.url}/hello/after").status_code == 200
