@@ -98,11 +98,7 @@ public struct Headers: Sendable, Sequence {
 
     /// Appends a field.
     public mutating func add(_ name: String, _ value: String) {
-        var list: [(name: String, value: String)]
-        switch storage {
-        case .list(let fields): list = fields
-        case .received: list = fields
-        }
+        var list = fields
         storage = .list([])  // so that `list` is the only reference and appends in place
         list.append((name, value))
         storage = .list(list)

@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOHPACK
 import NIOHTTP1
@@ -20,6 +21,14 @@ import NIOHTTP2
 ///   (`protocolHeader`) the gateway reads to tunnel a WebSocket; a client's own
 ///   header of that name is dropped.
 ///
+/// It also ends a stream whose answer stopped leaving (nginx's `send_timeout`):
+/// a client that stops opening its flow-control window would otherwise keep the
+/// stream and every byte of the answer for as long as the connection lives. The
+/// stream channel turns unwritable once more than 8 KiB wait in it; from then
+/// on, each DATA frame that leaves (large bodies go as 16 KiB frames, each with
+/// a write promise) counts as progress, and `sendTimeout` without any resets the
+/// stream. Small answers on a writable stream pay nothing for this.
+///
 /// It also checks request header blocks (names, values, pseudo-headers) in the
 /// pass that converts them, which NIOHTTP2 did in a pass of its own for requests
 /// and again for every response (a tenth of a request's instructions). The
@@ -36,6 +45,22 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
     static let protocolHeader = "x-apus-h2-protocol"
 
     private var sawRequestHead = false
+
+    /// How long an answer may wait without a DATA frame leaving (the server's `keepalive_timeout`).
+    private let sendTimeout: TimeAmount
+    private let logger: Logger
+    /// The stream's writability, as its last change said.
+    private var writable = true
+    /// When a tracked DATA frame last left, or the stream last turned unwritable.
+    private var lastDataSent = NIODeadline.now()
+    private var sendCheck: Scheduled<Void>?
+    /// Frames larger than this are tracked and cut into frames of this size (HTTP/2's default largest frame).
+    private static let trackedFrameSize = 16 * 1024
+
+    init(sendTimeout: TimeAmount, logger: Logger) {
+        self.sendTimeout = sendTimeout
+        self.logger = logger
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -110,7 +135,7 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
                 last = payload
             }
             if let heldPromise, let promise { heldPromise.futureResult.cascade(to: promise) }
-            context.write(wrapOutboundOut(last), promise: heldPromise ?? promise)
+            writeFrame(last, promise: heldPromise ?? promise, context: context)
         }
     }
 
@@ -122,12 +147,64 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         held?.promise?.fail(ChannelError.ioOnClosedChannel)
         held = nil
+        sendCheck?.cancel()
+        sendCheck = nil
     }
 
     private func writeHeld(_ context: ChannelHandlerContext) {
         guard let (payload, promise) = held else { return }
         held = nil
-        context.write(wrapOutboundOut(payload), promise: promise)
+        writeFrame(payload, promise: promise, context: context)
+    }
+
+    /// Writes a frame. A DATA frame is tracked when the stream is unwritable or the
+    /// frame is large; a large one goes as frames of `trackedFrameSize`, so that a
+    /// slow reader's progress shows frame by frame.
+    private func writeFrame(_ payload: HTTP2Frame.FramePayload, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
+        guard case .data(let data) = payload, case .byteBuffer(var bytes) = data.data,
+            !writable || bytes.readableBytes > Self.trackedFrameSize
+        else {
+            context.write(wrapOutboundOut(payload), promise: promise)
+            return
+        }
+        while bytes.readableBytes > Self.trackedFrameSize {
+            let part = bytes.readSlice(length: Self.trackedFrameSize)!
+            context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(part)))), promise: trackedPromise(context))
+        }
+        let last = trackedPromise(context)
+        if let promise { last.futureResult.cascade(to: promise) }
+        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(bytes), endStream: data.endStream))), promise: last)
+    }
+
+    private func trackedPromise(_ context: ChannelHandlerContext) -> EventLoopPromise<Void> {
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        promise.futureResult.whenSuccess { bound.value.lastDataSent = .now() }
+        return promise
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        writable = context.channel.isWritable
+        if !writable && sendCheck == nil {
+            lastDataSent = .now()
+            scheduleSendCheck(context, at: lastDataSent + sendTimeout)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func scheduleSendCheck(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        sendCheck = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (codec, context) = bound.value
+            codec.sendCheck = nil
+            guard !codec.writable, context.channel.isActive else { return }
+            let due = codec.lastDataSent + codec.sendTimeout
+            guard due <= .now() else { return codec.scheduleSendCheck(context, at: due) }
+            codec.logger.info(
+                "client stopped reading the response; stream reset",
+                metadata: ["seconds": "\(Double(codec.sendTimeout.nanoseconds) / 1e9)"])
+            context.close(promise: nil)
+        }
     }
 
     // MARK: requests

@@ -97,7 +97,7 @@ enum HTTPPipelines {
             // The event loop's cached succeeded future: a stream costs no future or Result of its own.
             do {
                 let sync = streamChannel.pipeline.syncOperations
-                try sync.addHandler(HTTP2StreamCodec())
+                try sync.addHandler(HTTP2StreamCodec(sendTimeout: settings.keepAliveTimeout, logger: shared.logger))
                 try sync.addHandler(GatewayHandler(loop: loop.value, shared: shared, peer: peer))
                 return streamChannel.eventLoop.makeSucceededVoidFuture()
             } catch {
@@ -198,9 +198,8 @@ final class ConnectionStartDeadline: ChannelInboundHandler, RemovableChannelHand
 /// Closes a connection nothing has been read from for `timeout`: the keep-alive
 /// timeout of the listeners that use NIO's HTTP server pipeline (the HTTPS
 /// redirect and admin listeners), whose connections were otherwise kept for ever.
-final class CloseWhenIdle: ChannelDuplexHandler, RemovableChannelHandler {
+final class CloseWhenIdle: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
-    typealias OutboundIn = NIOAny
 
     private let timeout: TimeAmount
     private var lastRead = NIODeadline.now()

@@ -40,6 +40,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def count_until_closed(sock, timeout: float) -> int:
+    """Reads until the peer closes (or resets) the connection; how many bytes came.
+    A socket that stays open past `timeout` raises socket.timeout."""
+    sock.settimeout(timeout)
+    received = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    return received
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

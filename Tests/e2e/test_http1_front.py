@@ -10,6 +10,8 @@ import time
 
 import httpx
 
+from conftest import count_until_closed
+
 
 def connect(gateway) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
@@ -295,13 +297,7 @@ def test_pipelined_answers_wait_for_a_slow_reader_who_gets_them_all_and_a_stalle
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         stalled.sendall(requests * count)
         time.sleep(4)  # takes nothing for more than two keepalive_timeouts
-        stalled.settimeout(5)
-        received = 0
-        try:
-            while chunk := stalled.recv(1 << 20):
-                received += len(chunk)
-        except ConnectionResetError:
-            pass
+        received = count_until_closed(stalled, 5)
         assert received < count * len(expected)  # closed by the gateway before the end
     assert httpx.get(f"{gateway.url}/echo/still/up").status_code == 200
 

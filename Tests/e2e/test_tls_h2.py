@@ -210,6 +210,47 @@ def test_malformed_h2_requests_are_logged_and_counted(gateway_factory, uvicorn_b
     assert value(after, "apus_inflight_requests") == 0
 
 
+def test_an_h2_answer_that_stops_leaving_is_reset_and_a_slow_reader_gets_it_all(gateway_factory, uvicorn_backend):
+    """nginx's send_timeout over HTTP/2: a client that stopped opening its flow-control
+    window kept the stream, and the 750 KB native answer waiting in it, for as long as
+    the connection lived. The stream is reset once nothing has left for
+    keepalive_timeout; a client that reads slowly but steadily, for longer than
+    that, gets the whole answer."""
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", server_extra="keepalive_timeout = 1")
+    target = "/orderbook/ACME?n=10000"
+    expected = httpx.get(gateway.url + target).content
+
+    sock, conn = h2_connection(gateway.port)
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, headers(target, gateway.port), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    started = time.monotonic()
+    # Never acknowledges a byte: the 64 KiB initial window is all that comes.
+    events = read_events(sock, conn, lambda e: any(isinstance(x, h2.events.StreamReset) for x in e), timeout=8)
+    resets = [x for x in events if isinstance(x, h2.events.StreamReset) and x.stream_id == stream]
+    assert resets and resets[0].error_code == h2.errors.ErrorCodes.CANCEL, events
+    assert time.monotonic() - started < 6
+    sock.close()
+
+    sock, conn = h2_connection(gateway.port)
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, headers(target, gateway.port), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    started = time.monotonic()
+    body = bytearray()
+    ended = False
+    while not ended and time.monotonic() - started < 30:
+        for event in conn.receive_data(sock.recv(65536)):
+            if isinstance(event, h2.events.DataReceived):
+                body += event.data
+                time.sleep(0.05)  # a slow reader: about 300 KB/s
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            ended = ended or isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset))
+        sock.sendall(conn.data_to_send())
+    assert bytes(body) == expected and time.monotonic() - started > 1.5
+    sock.close()
+
+
 def test_h2_request_trailers_and_a_valid_extended_set_of_fields_pass(gateway):
     sock, conn = h2_connection(gateway.port)
     stream = conn.get_next_available_stream_id()
