@@ -51,7 +51,7 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
     private let logger: Logger
     /// The stream's writability, as its last change said.
     private var writable = true
-    /// When a tracked DATA frame last left, or the stream last turned unwritable.
+    /// When a tracked DATA frame last left, or the stream last changed writability.
     private var lastDataSent = NIODeadline.now()
     private var sendCheck: Scheduled<Void>?
     /// Frames larger than this are tracked and cut into frames of this size (HTTP/2's default largest frame).
@@ -185,10 +185,8 @@ final class HTTP2StreamCodec: ChannelInboundHandler, ChannelOutboundHandler {
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         writable = context.channel.isWritable
-        if !writable && sendCheck == nil {
-            lastDataSent = .now()
-            scheduleSendCheck(context, at: lastDataSent + sendTimeout)
-        }
+        if writable || sendCheck == nil { lastDataSent = .now() }  // turning writable, bytes left: progress too
+        if !writable && sendCheck == nil { scheduleSendCheck(context, at: lastDataSent + sendTimeout) }
         context.fireChannelWritabilityChanged()
     }
 
