@@ -56,8 +56,7 @@ public final class AdminServer: Service, Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(CloseWhenIdle(timeout: idleTimeout))
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try HTTPPipelines.configureSmallHTTPServer(channel, idleTimeout: idleTimeout)
                     try channel.pipeline.syncOperations.addHandler(AdminHandler(state: state))
                 }
             }

@@ -107,6 +107,15 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var route = "(backend)"
         /// The W3C trace id this request carries (kept, or started here).
         var traceID = ""
+
+        /// A request nothing of which was understood (refused before routing): logged as `- -`.
+        static func unparsed(version: HTTPVersion, requestID: String) -> RequestInfo {
+            var info = RequestInfo(
+                method: .RAW(value: "-"), uri: "-", version: version, requestID: requestID, started: .now(), keepAlive: false)
+            info.kind = "gateway"
+            info.route = "(none)"
+            return info
+        }
     }
 
     private let loop: LoopState
@@ -247,9 +256,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         // Nothing of the request was understood.
-        info = RequestInfo(
-            method: .RAW(value: "-"), uri: "-", version: .http1_1, requestID: loop.makeRequestID(), started: .now(),
-            keepAlive: false)
+        info = .unparsed(version: .http1_1, requestID: loop.makeRequestID())
         RequestMetrics.inFlight.increment()
         refuseUnrouted(status, message, context: context)
     }
@@ -264,11 +271,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        var refused = RequestInfo(
-            method: .RAW(value: "-"), uri: "-", version: HTTPVersion(major: 2, minor: 0), requestID: loop.makeRequestID(),
-            started: .now(), keepAlive: false)
-        refused.kind = "gateway"
-        refused.route = "(none)"
+        var refused = RequestInfo.unparsed(version: HTTPVersion(major: 2, minor: 0), requestID: loop.makeRequestID())
         refused.status = 400
         record(refused)
         shared.logger.info(

@@ -134,8 +134,7 @@ public final class GatewayServer: Service, Sendable {
                 listeners.append(
                     (spec, "http (redirect to https)",
                         bootstrap { channel, _ in
-                            try channel.pipeline.syncOperations.addHandler(CloseWhenIdle(timeout: settings.keepAliveTimeout))
-                            try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                            try HTTPPipelines.configureSmallHTTPServer(channel, idleTimeout: settings.keepAliveTimeout)
                             try channel.pipeline.syncOperations.addHandler(HTTPSRedirectHandler(httpsPort: httpsPort))
                         }))
             }

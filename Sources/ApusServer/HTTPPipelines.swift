@@ -127,6 +127,16 @@ enum HTTPPipelines {
                 http2: { try configureHTTP2($0, loop: loop, shared: shared, settings: settings) }))
     }
 
+    /// NIO's HTTP/1.1 server pipeline, for the small listeners (the HTTPS redirect
+    /// and admin listeners), with a connection closed once nothing has been read
+    /// from it for `idleTimeout`; their connections were otherwise kept for ever.
+    static func configureSmallHTTPServer(_ channel: any Channel, idleTimeout: TimeAmount) throws {
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(IdleStateHandler(readTimeout: idleTimeout))
+        try sync.addHandler(CloseOnReadIdle())
+        try sync.configureHTTPServerPipeline(withErrorHandling: true)
+    }
+
     /// A TLS listener: the handshake, then HTTP/2 or HTTP/1.1 as ALPN decided.
     static func configureTLS(
         _ channel: any Channel, context: NIOSSLContext, loop: NIOLoopBound<LoopState>, shared: GatewayShared,
@@ -195,44 +205,17 @@ final class ConnectionStartDeadline: ChannelInboundHandler, RemovableChannelHand
     }
 }
 
-/// Closes a connection nothing has been read from for `timeout`: the keep-alive
-/// timeout of the listeners that use NIO's HTTP server pipeline (the HTTPS
-/// redirect and admin listeners), whose connections were otherwise kept for ever.
-final class CloseWhenIdle: ChannelInboundHandler, RemovableChannelHandler {
+/// Closes a connection when `IdleStateHandler` reports no read for its read
+/// timeout: the keep-alive timeout of the small listeners (`configureSmallHTTPServer`).
+final class CloseOnReadIdle: ChannelInboundHandler {
     typealias InboundIn = NIOAny
 
-    private let timeout: TimeAmount
-    private var lastRead = NIODeadline.now()
-    private var check: Scheduled<Void>?
-
-    init(timeout: TimeAmount) { self.timeout = timeout }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        lastRead = .now()
-        schedule(context, at: lastRead + timeout)
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        check?.cancel()
-        check = nil
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        lastRead = .now()  // the timer moves on lazily, when it fires
-        context.fireChannelRead(data)
-    }
-
-    private func schedule(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        check = context.eventLoop.scheduleTask(deadline: deadline) {
-            let (handler, context) = bound.value
-            let due = handler.lastRead + handler.timeout
-            if due <= .now() {
-                context.close(promise: nil)
-            } else {
-                handler.schedule(context, at: due)
-            }
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            context.close(promise: nil)
+            return
         }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 
