@@ -11,27 +11,21 @@ import NIOHTTP1
 /// body (`POST`, `PUT`, `PATCH`) without `Content-Length` is sent chunked; any
 /// other keeps `Content-Length`, or is chunked if it already says so.
 ///
-/// It tells the response decoder each request's method as the head goes out
-/// (the decoder needs it for `HEAD`), so the decoder need not watch writes.
-final class UpstreamRequestEncoder: ChannelOutboundHandler, RemovableChannelHandler {
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = IOData
-
+/// Not a channel handler: `UpstreamHandler` calls it with each part and its own
+/// context, so a part is not wrapped in `NIOAny` and cast back on the way.
+struct UpstreamRequestEncoder {
     private var isChunked = false
-    private let responses: UpstreamResponseDecoder?
 
-    init(responses: UpstreamResponseDecoder?) { self.responses = responses }
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
+    /// Writes one part's bytes to `context`'s channel.
+    mutating func write(_ part: HTTPClientRequestPart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        switch part {
         case .head(let head):
-            responses?.requestSent(head.method)
             let framing = Self.framing(head)
             isChunked = framing.chunked
             let bytes = HTTP1Encoding.head(
                 head.method.rawValue, head.uri, HTTP1Encoding.text(head.version), headers: head.headers,
                 framing: framing.fields, allocator: context.channel.allocator)
-            context.write(wrapOutboundOut(.byteBuffer(bytes)), promise: promise)
+            context.write(NIOAny(IOData.byteBuffer(bytes)), promise: promise)
         case .body(let body):
             HTTP1Encoding.writeBody(body, chunked: isChunked, context: context, promise: promise)
         case .end(let trailers):

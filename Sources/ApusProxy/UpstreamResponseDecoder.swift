@@ -25,12 +25,13 @@ struct UpstreamResponseError: Error, Sendable, CustomStringConvertible {
 /// no request. Then it reports an `UpstreamResponseError` and stops reading; the
 /// connection is closed and never reused.
 ///
-/// The request encoder tells it each request's method (`requestSent`), so it
-/// knows which response answers a `HEAD`; it sees no outbound traffic itself.
-final class UpstreamResponseDecoder: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = HTTPClientResponsePart
-
+/// It is not a channel handler: `UpstreamHandler`, the only handler on a backend
+/// connection, feeds it the bytes read and hands the parts straight to the
+/// exchange. Passed along a pipeline, each part was wrapped in `NIOAny` and cast
+/// back, a dynamic cast of about 480 instructions per part.
+/// `UpstreamHandler` tells it each request's method (`requestSent`), so it knows
+/// which response answers a `HEAD`.
+final class UpstreamResponseDecoder {
     static let maxHeadBytes = 80 * 1024
     private static let maxChunkLineBytes = 4 * 1024
 
@@ -51,6 +52,7 @@ final class UpstreamResponseDecoder: ChannelInboundHandler, RemovableChannelHand
     /// Methods of requests sent and not yet answered, oldest first.
     private var methods = CircularBuffer<HTTPMethod>(initialCapacity: 2)
     private var fields: [ResponseHeadScanner.Field] = []
+    private var failure: UpstreamResponseError?
 
     // MARK: requests
 
@@ -61,91 +63,96 @@ final class UpstreamResponseDecoder: ChannelInboundHandler, RemovableChannelHand
 
     // MARK: inbound
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .failed = state { return }
-        var incoming = unwrapInboundIn(data)
+    /// Decodes what the backend sent, handing each complete part to `deliver`.
+    /// Returns the reason when the bytes are not a response the proxy passes on;
+    /// the decoder reads nothing more after that.
+    func decode(_ incoming: ByteBuffer, deliver: (HTTPClientResponsePart) -> Void) -> UpstreamResponseError? {
+        if case .failed = state { return nil }
         if buffered.readableBytes == 0 {
             buffered = incoming
         } else {
+            var incoming = incoming
             buffered.writeBuffer(&incoming)
         }
-        decode(context)
+        decode(deliver)
         // Let go of the read buffer once everything in it went on.
         if buffered.readableBytes == 0 { buffered = ByteBuffer() }
+        let found = failure
+        failure = nil
+        return found
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        if case .untilClose = state {
-            // The end of the connection is the end of this body.
-            state = .head
-            context.fireChannelRead(wrapInboundOut(.end(nil)))
-        }
-        context.fireChannelInactive()
+    /// The connection ended: true when that ends a body read until the close
+    /// (the caller delivers the `.end`).
+    func connectionEnded() -> Bool {
+        guard case .untilClose = state else { return false }
+        state = .head
+        return true
     }
 
     /// Moves on through the buffered bytes until they run out or a part is incomplete.
     /// The state is updated before each part goes on: taking an `.end` may hand this
-    /// connection to the next exchange at once, which writes its request through here.
-    private func decode(_ context: ChannelHandlerContext) {
+    /// connection to the next exchange at once, which sends its request (`requestSent`).
+    private func decode(_ deliver: (HTTPClientResponsePart) -> Void) {
         while buffered.readableBytes > 0 {
             switch state {
             case .failed:
                 return
             case .head:
-                guard decodeHead(context) else { return }
+                guard decodeHead(deliver) else { return }
             case .fixedBody(let remaining):
                 let slice = buffered.readSlice(length: min(remaining, buffered.readableBytes))!
                 let left = remaining - slice.readableBytes
                 state = left == 0 ? .head : .fixedBody(remaining: left)
-                context.fireChannelRead(wrapInboundOut(.body(slice)))
-                if left == 0 { context.fireChannelRead(wrapInboundOut(.end(nil))) }
+                deliver(.body(slice))
+                if left == 0 { deliver(.end(nil)) }
             case .untilClose:
                 let slice = buffered.readSlice(length: buffered.readableBytes)!
-                context.fireChannelRead(wrapInboundOut(.body(slice)))
+                deliver(.body(slice))
             case .chunkSize:
-                guard decodeChunkSize(context) else { return }
+                guard decodeChunkSize() else { return }
             case .chunkData(let remaining):
                 let slice = buffered.readSlice(length: min(remaining, buffered.readableBytes))!
                 let left = remaining - slice.readableBytes
                 state = left == 0 ? .chunkDataEnd : .chunkData(remaining: left)
-                context.fireChannelRead(wrapInboundOut(.body(slice)))
+                deliver(.body(slice))
             case .chunkDataEnd:
                 let first = buffered.getInteger(at: buffered.readerIndex, as: UInt8.self)!
                 if first == lf {
                     buffered.moveReaderIndex(forwardBy: 1)
                 } else {
-                    guard first == cr else { return fail(context, "chunk data is not followed by a line break") }
+                    guard first == cr else { return fail("chunk data is not followed by a line break") }
                     guard buffered.readableBytes >= 2 else { return }
                     guard buffered.getInteger(at: buffered.readerIndex + 1, as: UInt8.self) == lf else {
-                        return fail(context, "chunk data is not followed by a line break")
+                        return fail("chunk data is not followed by a line break")
                     }
                     buffered.moveReaderIndex(forwardBy: 2)
                 }
                 state = .chunkSize
             case .trailers:
-                guard decodeTrailers(context) else { return }
+                guard decodeTrailers(deliver) else { return }
             }
         }
     }
 
     /// One response head, and what its body will be. False when more bytes are needed (or it failed).
-    private func decodeHead(_ context: ChannelHandlerContext) -> Bool {
+    private func decodeHead(_ deliver: (HTTPClientResponsePart) -> Void) -> Bool {
         guard let method = methods.first else {
-            fail(context, "the backend sent bytes that answer no request")
+            fail("the backend sent bytes that answer no request")
             return false
         }
         let scan = buffered.withUnsafeReadableBytes { ResponseHeadScanner.scanHead($0, fields: &fields) }
         let head: ResponseHeadScanner.Head
         switch scan {
         case .incomplete:
-            if buffered.readableBytes > Self.maxHeadBytes { fail(context, "response head is larger than 80 KiB") }
+            if buffered.readableBytes > Self.maxHeadBytes { fail("response head is larger than 80 KiB") }
             return false
         case .invalid(let reason):
-            fail(context, reason)
+            fail(reason)
             return false
         case .complete(let found):
             guard found.length <= Self.maxHeadBytes else {
-                fail(context, "response head is larger than 80 KiB")
+                fail("response head is larger than 80 KiB")
                 return false
             }
             head = found
@@ -162,7 +169,7 @@ final class UpstreamResponseDecoder: ChannelInboundHandler, RemovableChannelHand
             // An interim answer (100 Continue, 103 Early Hints) is dropped, as NIO's decoder
             // does: the gateway answers `Expect` itself; the final answer follows.
             guard head.status != 101 else {
-                fail(context, "the backend switched protocols on a request that asked for no upgrade")
+                fail("the backend switched protocols on a request that asked for no upgrade")
                 return false
             }
             return true
@@ -178,19 +185,19 @@ final class UpstreamResponseDecoder: ChannelInboundHandler, RemovableChannelHand
         } else {
             state = .untilClose
         }
-        context.fireChannelRead(wrapInboundOut(.head(response)))
-        if case .head = state { context.fireChannelRead(wrapInboundOut(.end(nil))) }
+        deliver(.head(response))
+        if case .head = state { deliver(.end(nil)) }
         return true
     }
 
     /// A chunk-size line (`1a;ext=x`). False when more bytes are needed (or it failed).
-    private func decodeChunkSize(_ context: ChannelHandlerContext) -> Bool {
+    private func decodeChunkSize() -> Bool {
         let line = buffered.withUnsafeReadableBytes { ResponseHeadScanner.scanChunkSize($0, maxLine: Self.maxChunkLineBytes) }
         switch line {
         case .incomplete:
             return false
         case .invalid(let reason):
-            fail(context, reason)
+            fail(reason)
             return false
         case .complete(let size, let length):
             buffered.moveReaderIndex(forwardBy: length)
@@ -200,28 +207,28 @@ final class UpstreamResponseDecoder: ChannelInboundHandler, RemovableChannelHand
     }
 
     /// The trailer section after the last chunk, then the end of the response.
-    private func decodeTrailers(_ context: ChannelHandlerContext) -> Bool {
+    private func decodeTrailers(_ deliver: (HTTPClientResponsePart) -> Void) -> Bool {
         let scan = buffered.withUnsafeReadableBytes { ResponseHeadScanner.scanFields($0, from: 0, fields: &fields) }
         switch scan {
         case .incomplete:
-            if buffered.readableBytes > Self.maxHeadBytes { fail(context, "response trailers are larger than 80 KiB") }
+            if buffered.readableBytes > Self.maxHeadBytes { fail("response trailers are larger than 80 KiB") }
             return false
         case .invalid(let reason):
-            fail(context, reason)
+            fail(reason)
             return false
         case .complete(let length):
             let trailers = fields.isEmpty ? nil : buffered.withUnsafeReadableBytes { HTTPSyntax.headers($0, fields) }
             buffered.moveReaderIndex(forwardBy: length)
             state = .head
-            context.fireChannelRead(wrapInboundOut(.end(trailers)))
+            deliver(.end(trailers))
             return true
         }
     }
 
-    private func fail(_ context: ChannelHandlerContext, _ reason: String) {
+    private func fail(_ reason: String) {
         state = .failed
         buffered = ByteBuffer()
-        context.fireErrorCaught(UpstreamResponseError(description: reason))
+        failure = UpstreamResponseError(description: reason)
     }
 }
 

@@ -113,8 +113,10 @@ final class RouteIndex: Sendable {
                 literalPaths[key] = node
             }
             if let method = pattern.method {
-                if let existing = node.byMethod[method] { throw RouteConflictError(first: patterns[existing], second: pattern, secondIndex: index) }
-                node.byMethod[method] = index
+                if let existing = node.entry(exactly: method) {
+                    throw RouteConflictError(first: patterns[existing], second: pattern, secondIndex: index)
+                }
+                node.byMethod.append((method, index))
             } else {
                 if let existing = node.anyMethod { throw RouteConflictError(first: patterns[existing], second: pattern, secondIndex: index) }
                 node.anyMethod = index
@@ -127,7 +129,7 @@ final class RouteIndex: Sendable {
     }
 
     private static func owner(of node: RouteNode, _ patterns: [RoutePattern]) -> RoutePattern {
-        patterns[node.byMethod.values.first ?? node.anyMethod ?? 0]
+        patterns[node.byMethod.first?.entry ?? node.anyMethod ?? 0]
     }
 
     @usableFromInline
@@ -163,17 +165,30 @@ struct ASCIIKey: Hashable {
     let hash: UInt64
 
     init?(_ text: Substring) {
-        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
-        for byte in text.utf8 {
-            guard byte < 0x80 else { return nil }
-            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
-        }
+        // Over contiguous bytes (a native string's): iterating `Substring.UTF8View`
+        // index by index cost several times as much.
+        let hash = text.utf8.withContiguousStorageIfAvailable(Self.hash) ?? Self.hash(text.utf8)
+        guard let hash else { return nil }
         self.text = text
         self.hash = hash
     }
 
+    /// FNV-1a over the bytes; `nil` when one is not ASCII.
+    private static func hash(_ bytes: some Sequence<UInt8>) -> UInt64? {
+        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+        for byte in bytes {
+            guard byte < 0x80 else { return nil }
+            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+        }
+        return hash
+    }
+
     static func == (lhs: ASCIIKey, rhs: ASCIIKey) -> Bool {
-        lhs.hash == rhs.hash && lhs.text.utf8.elementsEqual(rhs.text.utf8)
+        guard lhs.hash == rhs.hash else { return false }
+        let equal = lhs.text.utf8.withContiguousStorageIfAvailable { left in
+            rhs.text.utf8.withContiguousStorageIfAvailable { right in left.elementsEqual(right) }
+        }
+        return (equal ?? nil) ?? lhs.text.utf8.elementsEqual(rhs.text.utf8)
     }
 
     func hash(into hasher: inout Hasher) { hasher.combine(hash) }
@@ -185,8 +200,9 @@ final class RouteNode: @unchecked Sendable {
     var literals: [String: RouteNode] = [:]
     var parameter: (name: String, node: RouteNode)?
     var catchAll: (name: String, node: RouteNode)?
-    /// Indices into the table's entries.
-    var byMethod: [String: Int] = [:]
+    /// Indices into the table's entries, by method: a node has a few at most, and
+    /// comparing a method with each is cheaper than hashing it (`String` hashing is SipHash).
+    var byMethod: [(method: String, entry: Int)] = []
     var anyMethod: Int?
 
     func match(
@@ -221,9 +237,15 @@ final class RouteNode: @unchecked Sendable {
     }
 
     func entry(_ method: String) -> Int? {
-        if let entry = byMethod[method] { return entry }
-        if method == "HEAD", let entry = byMethod["GET"] { return entry }
+        if let entry = entry(exactly: method) { return entry }
+        if method == "HEAD", let entry = entry(exactly: "GET") { return entry }
         return anyMethod
+    }
+
+    /// The route for exactly this method, without `HEAD`'s fallback to `GET` or any-method routes.
+    func entry(exactly method: String) -> Int? {
+        for route in byMethod where route.method == method { return route.entry }
+        return nil
     }
 }
 

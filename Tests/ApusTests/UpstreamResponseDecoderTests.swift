@@ -17,29 +17,49 @@ struct UpstreamResponseDecoderTests {
         case error(String)
     }
 
+    /// What Apus's backend connection handler hands the exchange.
+    final class Recorder: UpstreamDelegate {
+        var parts: [HTTPClientResponsePart] = []
+        var errors: [any Error] = []
+        func upstreamRead(_ part: HTTPClientResponsePart) { parts.append(part) }
+        func upstreamReadComplete() {}
+        func upstreamWritabilityChanged(_ writable: Bool) {}
+        func upstreamClosed() {}
+        func upstreamError(_ error: any Error) { errors.append(error) }
+        var upstreamMayRead: Bool { true }
+    }
+
     /// Sends one request per method, feeds `response` in pieces of `split` bytes
     /// (then the end of the connection, if `close`), and returns the parts that came
-    /// out, with adjacent body parts merged.
+    /// out, with adjacent body parts merged: from Apus's `UpstreamHandler` (`apus`),
+    /// or from NIO's HTTP/1 client codec.
     func decode(apus: Bool, _ methods: [HTTPMethod], _ response: String, split: Int, close: Bool = false) throws -> [Event] {
         let channel = EmbeddedChannel()
+        let recorder = Recorder()
         if apus {
-            let decoder = UpstreamResponseDecoder()
-            try channel.pipeline.syncOperations.addHandlers([UpstreamRequestEncoder(responses: decoder), decoder])
+            let handler = UpstreamHandler()
+            handler.delegate = recorder
+            try channel.pipeline.syncOperations.addHandler(handler)
+            for method in methods {
+                handler.send(.head(HTTPRequestHead(version: .http1_1, method: method, uri: "/")))
+                handler.send(.end(nil))
+            }
         } else {
             try channel.pipeline.syncOperations.addHandlers([
                 HTTPRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
             ])
-        }
-        for method in methods {
-            channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: method, uri: "/")), promise: nil)
-            channel.write(HTTPClientRequestPart.end(nil), promise: nil)
+            for method in methods {
+                channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: method, uri: "/")), promise: nil)
+                channel.write(HTTPClientRequestPart.end(nil), promise: nil)
+            }
         }
         channel.flush()
         while try channel.readOutbound(as: IOData.self) != nil {}
 
         var events: [Event] = []
         func drain() throws {
-            while let part = try channel.readInbound(as: HTTPClientResponsePart.self) {
+            while let part = try channel.readInbound(as: HTTPClientResponsePart.self) { recorder.parts.append(part) }
+            for part in recorder.parts {
                 switch part {
                 case .head(let head): events.append(.head(head))
                 case .body(let buffer):
@@ -51,6 +71,9 @@ struct UpstreamResponseDecoderTests {
                 case .end(let trailers): events.append(.end(trailers))
                 }
             }
+            recorder.parts.removeAll()
+            for error in recorder.errors { events.append(.error("\(error)")) }
+            recorder.errors.removeAll()
         }
         let bytes = Array(response.utf8)
         var offset = 0
@@ -62,6 +85,12 @@ struct UpstreamResponseDecoderTests {
             } catch {
                 try drain()
                 events.append(.error("\(error)"))
+                _ = try? channel.finish()
+                return events
+            }
+            if !recorder.errors.isEmpty {
+                // Apus's handler reports a response it refuses to the exchange and closes the connection.
+                try drain()
                 _ = try? channel.finish()
                 return events
             }
