@@ -24,6 +24,29 @@ public enum HopByHop {
         isHopByHop(name) || named.contains { equalsIgnoringCase(name, $0) }
     }
 
+    /// `isHopByHop` for a name in received bytes.
+    static func isHopByHop(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>) -> Bool {
+        switch name.count {
+        case 2: return HTTPSyntax.equalsLowercase(bytes, name, "te")
+        case 7: return HTTPSyntax.equalsLowercase(bytes, name, "upgrade") || HTTPSyntax.equalsLowercase(bytes, name, "trailer")
+        case 10: return HTTPSyntax.equalsLowercase(bytes, name, "connection") || HTTPSyntax.equalsLowercase(bytes, name, "keep-alive")
+        case 16: return HTTPSyntax.equalsLowercase(bytes, name, "proxy-connection")
+        case 17: return HTTPSyntax.equalsLowercase(bytes, name, "transfer-encoding")
+        case 18: return HTTPSyntax.equalsLowercase(bytes, name, "proxy-authenticate")
+        case 19: return HTTPSyntax.equalsLowercase(bytes, name, "proxy-authorization")
+        default: return false
+        }
+    }
+
+    /// `connectionNamed` for fields in received bytes: the names, as ranges of `bytes`.
+    static func connectionNamed(_ bytes: UnsafeRawBufferPointer, _ fields: [HTTPSyntax.Field]) -> [Range<Int>] {
+        var named: [Range<Int>] = []
+        for field in fields where HTTPSyntax.equalsLowercase(bytes, field.name, "connection") {
+            named += HTTPSyntax.tokens(bytes, field.value)
+        }
+        return named
+    }
+
     /// The field names a message's `Connection` headers list (they are hop-by-hop too).
     static func connectionNamed(_ headers: HTTPHeaders) -> [Substring] {
         var named: [Substring] = []

@@ -48,43 +48,58 @@ public enum HTTP1Encoding {
         if framing.addsChunked { size += chunkedField.utf8CodeUnitCount }
         var buffer = allocator.buffer(capacity: size)
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { memory in
-            var next = memory.baseAddress!
-            func append(_ text: String) {
-                // Not `withUTF8`: that needs a mutable copy of each string (a retain and a release).
-                let copied: Void? = text.utf8.withContiguousStorageIfAvailable { utf8 in
-                    if let base = utf8.baseAddress { next.copyMemory(from: base, byteCount: utf8.count) }
-                    next += utf8.count
-                }
-                if copied == nil {
-                    for byte in text.utf8 {
-                        next.storeBytes(of: byte, as: UInt8.self)
-                        next += 1
-                    }
-                }
-            }
-            func append(_ text: StaticString) {
-                next.copyMemory(from: text.utf8Start, byteCount: text.utf8CodeUnitCount)
-                next += text.utf8CodeUnitCount
-            }
-            append(first)
-            append(" ")
-            append(second)
-            append(" ")
-            append(third)
-            append("\r\n")
+            var cursor = Cursor(memory.baseAddress!)
+            cursor.append(first)
+            cursor.append(" ")
+            cursor.append(second)
+            cursor.append(" ")
+            cursor.append(third)
+            cursor.append("\r\n")
             for (name, value) in headers where !framing.skips(name) {
-                append(name)
-                append(": ")
-                append(value)
-                append("\r\n")
+                cursor.append(name)
+                cursor.append(": ")
+                cursor.append(value)
+                cursor.append("\r\n")
             }
-            if framing.addsChunked { append(chunkedField) }
-            append("\r\n")
-            let written = next - memory.baseAddress!
+            if framing.addsChunked { cursor.append(chunkedField) }
+            cursor.append("\r\n")
+            let written = cursor.next - memory.baseAddress!
             precondition(written == size, "HTTP/1.1 head sized \(size) bytes, wrote \(written)")
             return written
         }
         return buffer
+    }
+
+    /// Copies text into memory sized for it beforehand (a head's buffer).
+    struct Cursor {
+        private(set) var next: UnsafeMutableRawPointer
+
+        init(_ start: UnsafeMutableRawPointer) { next = start }
+
+        mutating func append(_ text: String) {
+            // Not `withUTF8`: that needs a mutable copy of each string (a retain and a release).
+            let copied: Void? = text.utf8.withContiguousStorageIfAvailable { utf8 in
+                if let base = utf8.baseAddress { next.copyMemory(from: base, byteCount: utf8.count) }
+                next += utf8.count
+            }
+            if copied == nil {
+                for byte in text.utf8 {
+                    next.storeBytes(of: byte, as: UInt8.self)
+                    next += 1
+                }
+            }
+        }
+
+        mutating func append(_ text: StaticString) {
+            next.copyMemory(from: text.utf8Start, byteCount: text.utf8CodeUnitCount)
+            next += text.utf8CodeUnitCount
+        }
+
+        /// `bytes[range]`.
+        mutating func append(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) {
+            next.copyMemory(from: bytes.baseAddress! + range.lowerBound, byteCount: range.count)
+            next += range.count
+        }
     }
 
     /// `HTTP/1.1`, as the start lines write a version.

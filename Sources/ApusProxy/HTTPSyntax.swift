@@ -64,4 +64,31 @@ package enum HTTPSyntax {
         }
         return true
     }
+
+    /// Whether two ranges of `bytes` spell the same ASCII text, ignoring ASCII case.
+    package static func equalsIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ a: Range<Int>, _ b: Range<Int>) -> Bool {
+        guard a.count == b.count else { return false }
+        for (x, y) in zip(a, b) {
+            let left = bytes[x], right = bytes[y]
+            if left != right, left | (left &- 0x41 < 26 ? 0x20 : 0) != right | (right &- 0x41 < 26 ? 0x20 : 0) { return false }
+        }
+        return true
+    }
+
+    /// The comma-separated elements of a field value (`close, Upgrade`), without
+    /// surrounding spaces and tabs; empty elements are skipped.
+    package static func tokens(_ bytes: UnsafeRawBufferPointer, _ value: Range<Int>) -> [Range<Int>] {
+        var tokens: [Range<Int>] = []
+        var start = value.lowerBound
+        while start <= value.upperBound {
+            var end = start
+            while end < value.upperBound, bytes[end] != UInt8(ascii: ",") { end += 1 }
+            var first = start, last = end
+            while first < last, bytes[first] == 0x20 || bytes[first] == 0x09 { first += 1 }
+            while last > first, bytes[last - 1] == 0x20 || bytes[last - 1] == 0x09 { last -= 1 }
+            if first < last { tokens.append(first..<last) }
+            start = end + 1
+        }
+        return tokens
+    }
 }

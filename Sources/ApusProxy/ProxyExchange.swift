@@ -5,8 +5,9 @@ import NIOHTTP1
 /// connection handler implements it for HTTP/1.1 (and HTTP/2 streams, which are
 /// turned into the same parts).
 public protocol ProxyDownstream: AnyObject {
-    /// Writes the (already translated) response head.
-    func proxyWriteHead(_ head: HTTPResponseHead)
+    /// Writes the backend's response head; making the client's head of it
+    /// (`makeDownstreamHead`, or `UpstreamResponseHead.clientHead`) is the downstream's job.
+    func proxyWriteHead(_ head: UpstreamResponseHead)
     /// Writes a piece of response body.
     func proxyWriteBody(_ buffer: ByteBuffer)
     /// Ends the response. `requestComplete` says whether the whole request
@@ -171,7 +172,7 @@ public final class ProxyExchange: UpstreamDelegate {
 
     // MARK: backend side
 
-    func upstreamRead(_ part: HTTPClientResponsePart) {
+    func upstreamRead(_ part: UpstreamResponsePart) {
         touch()
         switch part {
         case .head(let response):

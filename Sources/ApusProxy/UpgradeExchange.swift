@@ -89,7 +89,7 @@ public final class UpgradeExchange {
                 upgraded = true
                 switchToTunnel(response, context: context)
             } else {
-                downstream?.proxyWriteHead(response)
+                downstream?.proxyWriteHead(UpstreamResponseHead(response))
             }
         case .body(let buffer):
             downstream?.proxyWriteBody(buffer)

@@ -283,7 +283,7 @@ public final class UpstreamConnection: @unchecked Sendable {
 
 /// What an exchange on a backend connection reports to.
 protocol UpstreamDelegate: AnyObject {
-    func upstreamRead(_ part: HTTPClientResponsePart)
+    func upstreamRead(_ part: UpstreamResponsePart)
     func upstreamReadComplete()
     func upstreamWritabilityChanged(_ writable: Bool)
     func upstreamClosed()

@@ -7,7 +7,7 @@ struct UpstreamResponseError: Error, Sendable, CustomStringConvertible {
     let description: String
 }
 
-/// Frames the backend's HTTP/1.x responses into `HTTPClientResponsePart`s, in
+/// Frames the backend's HTTP/1.x responses into `UpstreamResponsePart`s, in
 /// place of NIO's `HTTPResponseDecoder` (llhttp behind a generic
 /// `ByteToMessageHandler`, which was the largest single cost of a proxied
 /// request after the client side stopped using it).
@@ -66,7 +66,7 @@ final class UpstreamResponseDecoder {
     /// Decodes what the backend sent, handing each complete part to `deliver`.
     /// Returns the reason when the bytes are not a response the proxy passes on;
     /// the decoder reads nothing more after that.
-    func decode(_ incoming: ByteBuffer, deliver: (HTTPClientResponsePart) -> Void) -> UpstreamResponseError? {
+    func decode(_ incoming: ByteBuffer, deliver: (UpstreamResponsePart) -> Void) -> UpstreamResponseError? {
         if case .failed = state { return nil }
         if buffered.readableBytes == 0 {
             buffered = incoming
@@ -93,7 +93,7 @@ final class UpstreamResponseDecoder {
     /// Moves on through the buffered bytes until they run out or a part is incomplete.
     /// The state is updated before each part goes on: taking an `.end` may hand this
     /// connection to the next exchange at once, which sends its request (`requestSent`).
-    private func decode(_ deliver: (HTTPClientResponsePart) -> Void) {
+    private func decode(_ deliver: (UpstreamResponsePart) -> Void) {
         while buffered.readableBytes > 0 {
             switch state {
             case .failed:
@@ -136,7 +136,7 @@ final class UpstreamResponseDecoder {
     }
 
     /// One response head, and what its body will be. False when more bytes are needed (or it failed).
-    private func decodeHead(_ deliver: (HTTPClientResponsePart) -> Void) -> Bool {
+    private func decodeHead(_ deliver: (UpstreamResponsePart) -> Void) -> Bool {
         guard let method = methods.first else {
             fail("the backend sent bytes that answer no request")
             return false
@@ -157,15 +157,8 @@ final class UpstreamResponseDecoder {
             }
             head = found
         }
-        // An unknown code keeps the backend's reason phrase (NIO's decoder drops it).
-        let response = buffered.withUnsafeReadableBytes { bytes in
-            HTTPResponseHead(
-                version: HTTPVersion(major: 1, minor: head.minorVersion),
-                status: HTTPResponseStatus(statusCode: head.status, reasonPhrase: HTTPSyntax.string(bytes, head.reason)),
-                headers: HTTPSyntax.headers(bytes, fields))
-        }
-        buffered.moveReaderIndex(forwardBy: head.length)
         if head.status < 200 {
+            buffered.moveReaderIndex(forwardBy: head.length)
             // An interim answer (100 Continue, 103 Early Hints) is dropped, as NIO's decoder
             // does: the gateway answers `Expect` itself; the final answer follows.
             guard head.status != 101 else {
@@ -174,6 +167,16 @@ final class UpstreamResponseDecoder {
             }
             return true
         }
+        // An unknown code keeps the backend's reason phrase (NIO's decoder drops it).
+        var status = HTTPResponseStatus(statusCode: head.status)
+        if case .custom = status {
+            status = HTTPResponseStatus(
+                statusCode: head.status, reasonPhrase: buffered.withUnsafeReadableBytes { HTTPSyntax.string($0, head.reason) })
+        }
+        // The head's bytes stay where they arrived (a slice, not a copy), with its fields' offsets.
+        let response = UpstreamResponseHead(
+            status: status, version: HTTPVersion(major: 1, minor: head.minorVersion),
+            bytes: buffered.readSlice(length: head.length)!, fields: fields)
         methods.removeFirst()
         let noBody = method.isHEAD || head.status == 204 || head.status == 304
         if noBody {
@@ -207,7 +210,7 @@ final class UpstreamResponseDecoder {
     }
 
     /// The trailer section after the last chunk, then the end of the response.
-    private func decodeTrailers(_ deliver: (HTTPClientResponsePart) -> Void) -> Bool {
+    private func decodeTrailers(_ deliver: (UpstreamResponsePart) -> Void) -> Bool {
         let scan = buffered.withUnsafeReadableBytes { ResponseHeadScanner.scanFields($0, from: 0, fields: &fields) }
         switch scan {
         case .incomplete:

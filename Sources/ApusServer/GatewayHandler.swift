@@ -122,6 +122,9 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let shared: GatewayShared
     /// The HTTP/1.1 connection's framing front, told when each response it handed over is complete.
     private let front: HTTP1FrontHandler?
+    /// The HTTP/1.1 connection's response encoder, written to directly while the front
+    /// handler frames the connection (`writeResponse`).
+    private let encoder: HTTP1ResponseEncoder?
     private var state = State.idle
     private var info: RequestInfo?
     private var context: ChannelHandlerContext?
@@ -141,10 +144,11 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// `peer` is the connection's, worked out once per connection (an HTTP/2
     /// connection's streams all share it).
-    init(loop: LoopState, shared: GatewayShared, peer: PeerFacts, front: HTTP1FrontHandler? = nil) {
+    init(loop: LoopState, shared: GatewayShared, peer: PeerFacts, front: HTTP1FrontHandler? = nil, encoder: HTTP1ResponseEncoder? = nil) {
         self.loop = loop
         self.shared = shared
         self.front = front
+        self.encoder = encoder
         self.client = peer.client
         self.clientDescription = peer.description
     }
@@ -453,7 +457,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard head.version == .http1_1, head.headers.contains(name: "expect"),
             head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" })
         else { return }
-        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+        writeResponse(.head(HTTPResponseHead(version: head.version, status: .continue)), context: context)
+        flushResponse(context: context)
     }
 
     private func requestBody(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
@@ -587,9 +592,9 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         info.status = status
         let head = HTTPResponseHead(
             version: info.version, status: HTTPResponseStatus(statusCode: status), headers: HTTPHeaders(fields))
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        writeResponse(.head(head), context: context)
         if !info.method.isHEAD && mayHaveBody && !body.isEmpty {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+            writeResponse(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body))), context: context)
             info.bytesOut = body.count
         }
         self.info = info
@@ -638,9 +643,9 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let (name, value) = connectionField(version: info.version, keepAlive: !close) { headers.add(name: name, value: value) }
         if let hsts = shared.hsts { headers.add(name: "strict-transport-security", value: hsts) }
         info.status = Int(status.code)
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: info.version, status: status, headers: headers))), promise: nil)
+        writeResponse(.head(HTTPResponseHead(version: info.version, status: status, headers: headers)), context: context)
         if info.method != .HEAD {
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            writeResponse(.body(.byteBuffer(body)), context: context)
             info.bytesOut = body.readableBytes
         }
     }
@@ -661,10 +666,40 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         setReading(true)
         if close {
             let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in bound.value.close(promise: nil) }
+            let written = context.eventLoop.makePromise(of: Void.self)
+            writeResponse(.end(trailers), context: context, promise: written)
+            flushResponse(context: context)
+            written.futureResult.whenComplete { _ in bound.value.close(promise: nil) }
         } else {
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            writeResponse(.end(trailers), context: context)
+            flushResponse(context: context)
             front?.gatewayResponseFinished()
+        }
+    }
+
+    /// The response encoder, when the gateway may write to it directly: on an HTTP/1.1
+    /// connection the front handler frames (on one handed to NIO's codec, its
+    /// pipelining handler sits between them and must see every part).
+    private var directEncoder: HTTP1ResponseEncoder? {
+        guard let encoder, let front, !front.isHandedOver else { return nil }
+        return encoder
+    }
+
+    /// Writes a part of the response: to the encoder directly when it can (each part
+    /// through the pipeline is wrapped in `NIOAny` and cast back), else down the pipeline.
+    private func writeResponse(_ part: HTTPServerResponsePart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>? = nil) {
+        if let encoder = directEncoder {
+            encoder.writeDirectly(part, promise: promise)
+        } else {
+            context.write(wrapOutboundOut(part), promise: promise)
+        }
+    }
+
+    private func flushResponse(context: ChannelHandlerContext) {
+        if let encoder = directEncoder {
+            encoder.flushDirectly()
+        } else {
+            context.flush()
         }
     }
 
@@ -740,22 +775,29 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 // MARK: - ProxyDownstream
 
 extension GatewayHandler: ProxyDownstream {
-    func proxyWriteHead(_ head: HTTPResponseHead) {
+    func proxyWriteHead(_ head: UpstreamResponseHead) {
         guard let context, var info else { return }
         if case .proxy(let exchange) = state, let at = exchange.responseHeadAt {
             info.upstreamSeconds = Double((at - info.started).nanoseconds) / 1e9
         }
         info.status = Int(head.status.code)
-        var response = makeDownstreamHead(head, version: info.version, requestID: info.requestID, keepAlive: info.keepAlive)
-        if let hsts = shared.hsts { response.headers.replaceOrAdd(name: "strict-transport-security", value: hsts) }
         self.info = info
-        context.write(wrapOutboundOut(.head(response)), promise: nil)
+        // HTTP/1.1 through the front handler: the client's head is written from the
+        // backend's bytes, without a `String` per field (`UpstreamResponseHead.clientHead`).
+        if let encoder = directEncoder,
+            encoder.writeRelayedHead(head, version: info.version, requestID: info.requestID, keepAlive: info.keepAlive, hsts: shared.hsts)
+        {
+            return
+        }
+        var response = makeDownstreamHead(head.head, version: info.version, requestID: info.requestID, keepAlive: info.keepAlive)
+        if let hsts = shared.hsts { response.headers.replaceOrAdd(name: "strict-transport-security", value: hsts) }
+        writeResponse(.head(response), context: context)
     }
 
     func proxyWriteBody(_ buffer: ByteBuffer) {
         guard let context else { return }
         info?.bytesOut += buffer.readableBytes
-        context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        writeResponse(.body(.byteBuffer(buffer)), context: context)
     }
 
     func proxyWriteEnd(_ trailers: HTTPHeaders?, requestComplete: Bool) {
@@ -764,7 +806,8 @@ extension GatewayHandler: ProxyDownstream {
     }
 
     func proxyFlush() {
-        context?.flush()
+        guard let context else { return }
+        flushResponse(context: context)
     }
 
     func proxyFailed(_ error: UpstreamError, headWritten: Bool) {

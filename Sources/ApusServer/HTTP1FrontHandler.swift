@@ -341,6 +341,12 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// Whether the connection was handed to NIO's codec (which then frames every request).
+    var isHandedOver: Bool {
+        if case .passthrough = mode { return true }
+        return false
+    }
+
     /// Whether the request the gateway is reading now was found to have no native
     /// route here (so it goes to the backend without routing again).
     var requestHasNoNativeRoute: Bool { handedOverWithoutNativeRoute }

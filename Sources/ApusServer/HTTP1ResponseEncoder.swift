@@ -23,6 +23,10 @@ final class HTTP1ResponseEncoder: ChannelOutboundHandler, RemovableChannelHandle
     private var pendingMethods = CircularBuffer<HTTPMethod>(initialCapacity: 2)
     private var isChunked = false
     private var suppressBody = false
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     /// A request with this method goes to the gateway; its response comes after those before it.
     func expectResponse(to method: HTTPMethod) {
@@ -30,21 +34,72 @@ final class HTTP1ResponseEncoder: ChannelOutboundHandler, RemovableChannelHandle
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
+        write(unwrapOutboundIn(data), context: context, promise: promise)
+    }
+
+    // MARK: direct writes
+
+    // The gateway writes its HTTP/1.1 responses here directly while nothing sits between
+    // it and this encoder (the front handler frames the connection): through the
+    // pipeline, each part was wrapped in `NIOAny` and cast back (about 480
+    // instructions a part). Bytes leave from this handler's place either way.
+
+    /// Writes a response part, as if it came down the pipeline.
+    func writeDirectly(_ part: HTTPServerResponsePart, promise: EventLoopPromise<Void>?) {
+        guard let context else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        write(part, context: context, promise: promise)
+    }
+
+    /// Flushes what was written, from this handler's place.
+    func flushDirectly() {
+        context?.flush()
+    }
+
+    /// Writes the client's head for a backend's response from the bytes it arrived
+    /// in (`UpstreamResponseHead.clientHead`); false when the head has no such bytes
+    /// (the caller writes `makeDownstreamHead`'s head instead).
+    func writeRelayedHead(_ head: UpstreamResponseHead, version: HTTPVersion, requestID: String, keepAlive: Bool, hsts: String?) -> Bool {
+        guard let context, head.hasReceivedBytes else { return false }
+        let answersConnect = startResponse(code: head.status.code)
+        guard
+            let (bytes, chunked) = head.clientHead(
+                version: version, requestID: requestID, keepAlive: keepAlive, hsts: hsts,
+                mayHaveBody: !answersConnect && head.status.mayHaveResponseBody, allocator: context.channel.allocator)
+        else { return false }
+        isChunked = suppressBody ? false : chunked
+        context.write(wrapOutboundOut(.byteBuffer(bytes)), promise: nil)
+        return true
+    }
+
+    // MARK: encoding
+
+    /// Takes the method a final response answers; true when it is a 2xx answer to
+    /// `CONNECT` (a tunnel, which has no framing or body).
+    private func startResponse(code: UInt) -> Bool {
+        // A non-final 1xx (not 101) is followed by the real head: it answers no request yet.
+        guard !((100..<200).contains(code) && code != 101), let method = pendingMethods.popFirst() else { return false }
+        // Matched by case: `==` on HTTPMethod compares raw value strings (see `isHEAD`).
+        switch method {
+        case .HEAD:
+            suppressBody = true
+        // Only a 2xx to CONNECT starts a tunnel and so has no framing or body (RFC 9110 9.3.6);
+        // NIO drops both on every answer, which loses a refusal's explanation.
+        case .CONNECT where (200..<300).contains(code):
+            suppressBody = true
+            return true
+        default:
+            suppressBody = false
+        }
+        return false
+    }
+
+    private func write(_ part: HTTPServerResponsePart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        switch part {
         case .head(let head):
-            // A non-final 1xx (not 101) is followed by the real head: it answers no request yet.
-            let code = head.status.code
-            var answersConnect = false
-            if !((100..<200).contains(code) && code != 101), let method = pendingMethods.popFirst() {
-                // Matched by case: `==` on HTTPMethod compares raw value strings (see `isHEAD`).
-                switch method {
-                case .HEAD: suppressBody = true
-                // Only a 2xx to CONNECT starts a tunnel and so has no framing or body (RFC 9110 9.3.6);
-                // NIO drops both on every answer, which loses a refusal's explanation.
-                case .CONNECT where (200..<300).contains(code): (suppressBody, answersConnect) = (true, true)
-                default: suppressBody = false
-                }
-            }
+            let answersConnect = startResponse(code: head.status.code)
             let framing = Self.framing(head, mayHaveBody: !answersConnect && head.status.mayHaveResponseBody)
             isChunked = suppressBody ? false : framing.chunked
             let bytes = HTTP1Encoding.head(

@@ -21,7 +21,13 @@ struct UpstreamResponseDecoderTests {
     final class Recorder: UpstreamDelegate {
         var parts: [HTTPClientResponsePart] = []
         var errors: [any Error] = []
-        func upstreamRead(_ part: HTTPClientResponsePart) { parts.append(part) }
+        func upstreamRead(_ part: UpstreamResponsePart) {
+            switch part {
+            case .head(let head): parts.append(.head(head.head))
+            case .body(let buffer): parts.append(.body(buffer))
+            case .end(let trailers): parts.append(.end(trailers))
+            }
+        }
         func upstreamReadComplete() {}
         func upstreamWritabilityChanged(_ writable: Bool) {}
         func upstreamClosed() {}
