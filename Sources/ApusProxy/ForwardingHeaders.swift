@@ -224,3 +224,13 @@ public func connectionField(version: HTTPVersion, keepAlive: Bool) -> (String, S
     if !keepAlive { return ("connection", "close") }
     return version.minor == 0 ? ("connection", "keep-alive") : nil
 }
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is well formed.
+public func traceIDIfValid(_ value: String) -> String? {
+    let parts = value.split(separator: "-", omittingEmptySubsequences: false)
+    guard parts.count >= 4, parts[0].count == 2, parts[0] != "ff", parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
+        parts.allSatisfy({ $0.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } }),
+        parts[1] != String(repeating: "0", count: 32), parts[2] != String(repeating: "0", count: 16)
+    else { return nil }
+    return String(parts[1])
+}

@@ -41,9 +41,13 @@ public final class ProxyExchange: UpstreamDelegate {
     }
 
     private let pool: UpstreamPool
-    private let head: HTTPRequestHead
+    private let head: UpstreamRequestHead
     private let requestHasBody: Bool
-    private weak var downstream: (any ProxyDownstream)?
+    /// Strong, and let go when the exchange finishes (`finish`); the downstream holds
+    /// the exchange until then. Not `weak`: an object referred to weakly gets a side
+    /// table, and every retain and release of it (the gateway, at each pipeline hop)
+    /// takes the runtime's slow path.
+    private var downstream: (any ProxyDownstream)?
     private var state = State.connecting
     private var connection: UpstreamConnection?
     private var queued: [HTTPClientRequestPart] = []
@@ -63,8 +67,8 @@ public final class ProxyExchange: UpstreamDelegate {
     /// When the response head arrived, for the access log's upstream time.
     public private(set) var responseHeadAt: NIODeadline?
 
-    /// Prepares an exchange; `head` is already rewritten for the backend (`makeUpstreamHead`).
-    public init(pool: UpstreamPool, head: HTTPRequestHead, requestHasBody: Bool, downstream: any ProxyDownstream) {
+    /// Prepares an exchange; `head` is already rewritten for the backend and encoded.
+    public init(pool: UpstreamPool, head: UpstreamRequestHead, requestHasBody: Bool, downstream: any ProxyDownstream) {
         self.pool = pool
         self.head = head
         self.requestHasBody = requestHasBody
@@ -109,7 +113,7 @@ public final class ProxyExchange: UpstreamDelegate {
         self.connection = connection
         connection.handler.delegate = self
         state = .awaitingResponse
-        connection.handler.send(.head(head))
+        connection.handler.send(head)
         for part in queued { connection.handler.send(part) }
         queued.removeAll()
         if !connectedInClientRead { connection.handler.flush() }
@@ -189,6 +193,7 @@ public final class ProxyExchange: UpstreamDelegate {
         case .end(let trailers):
             guard case .streamingResponse = state else { return }
             let complete = requestComplete
+            let downstream = self.downstream
             finish(reusable: responseKeepAlive && complete)
             downstream?.proxyWriteEnd(trailers, requestComplete: complete)
         }
@@ -238,12 +243,14 @@ public final class ProxyExchange: UpstreamDelegate {
         guard !isFinished else { return }
         let headWritten: Bool
         if case .streamingResponse = state { headWritten = true } else { headWritten = false }
+        let downstream = self.downstream
         finish(reusable: false)
         downstream?.proxyFailed(error, headWritten: headWritten)
     }
 
     private func finish(reusable: Bool) {
         state = .finished
+        downstream = nil
         pool.untrack(self)
         queued.removeAll()
         if let connection {

@@ -304,7 +304,11 @@ final class UpstreamHandler: ChannelDuplexHandler {
     typealias OutboundIn = IOData
     typealias OutboundOut = IOData
 
-    weak var delegate: (any UpstreamDelegate)?
+    /// The exchange using the connection. Strong: the pool clears it when the
+    /// connection comes back (`UpstreamPool.release`) or the exchange lets go of it
+    /// before a retry. A `weak` one gave every exchange a side table (an allocation,
+    /// and the slow path for each retain and release of it).
+    var delegate: (any UpstreamDelegate)?
     private var readHeld = false
     private(set) var context: ChannelHandlerContext?
     private var encoder = UpstreamRequestEncoder()
@@ -344,6 +348,13 @@ final class UpstreamHandler: ChannelDuplexHandler {
             return
         }
         context.read()
+    }
+
+    /// Writes a request head; `flush()` pushes what was written.
+    func send(_ head: UpstreamRequestHead) {
+        guard let context else { return }
+        decoder.requestSent(head.method)
+        encoder.write(head, context: context)
     }
 
     /// Encodes and writes a request part; `flush()` pushes what was written.

@@ -12,20 +12,23 @@ import NIOHTTP1
 /// other keeps `Content-Length`, or is chunked if it already says so.
 ///
 /// Not a channel handler: `UpstreamHandler` calls it with each part and its own
-/// context, so a part is not wrapped in `NIOAny` and cast back on the way.
+/// context, so a part is not wrapped in `NIOAny` and cast back on the way. Heads
+/// come encoded already (`UpstreamRequestHead`): the exchange keeps one to send
+/// again if a stale pooled connection makes it retry.
 struct UpstreamRequestEncoder {
     private var isChunked = false
 
-    /// Writes one part's bytes to `context`'s channel.
+    /// Writes a head and takes its framing for the body that follows.
+    mutating func write(_ head: UpstreamRequestHead, context: ChannelHandlerContext, promise: EventLoopPromise<Void>? = nil) {
+        isChunked = head.chunked
+        context.write(NIOAny(IOData.byteBuffer(head.bytes)), promise: promise)
+    }
+
+    /// Writes a request part (a head encoded with `UpstreamRequestHead(encoding:)`).
     mutating func write(_ part: HTTPClientRequestPart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
         switch part {
         case .head(let head):
-            let framing = Self.framing(head)
-            isChunked = framing.chunked
-            let bytes = HTTP1Encoding.head(
-                head.method.rawValue, head.uri, HTTP1Encoding.text(head.version), headers: head.headers,
-                framing: framing.fields, allocator: context.channel.allocator)
-            context.write(NIOAny(IOData.byteBuffer(bytes)), promise: promise)
+            write(UpstreamRequestHead(encoding: head, allocator: context.channel.allocator), context: context, promise: promise)
         case .body(let body):
             HTTP1Encoding.writeBody(body, chunked: isChunked, context: context, promise: promise)
         case .end(let trailers):

@@ -165,8 +165,27 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head): requestHead(head, context: context)
+        receive(unwrapInboundIn(data), context: context)
+    }
+
+    /// A request part from the HTTP/1.1 front handler, which calls this directly.
+    /// `noNativeRoute`: it found no native route for the head, so it is proxied
+    /// without routing again. `received`: the head's bytes, which a proxied request's
+    /// head for the backend is written from (`UpstreamRequestHead.relaying`).
+    func receive(_ part: HTTPServerRequestPart, noNativeRoute: Bool = false, received: ReceivedRequestHead? = nil) {
+        guard let context else { return }
+        receive(part, context: context, noNativeRoute: noNativeRoute, received: received)
+    }
+
+    private func receive(
+        _ part: HTTPServerRequestPart, context: ChannelHandlerContext, noNativeRoute: Bool = false, received: ReceivedRequestHead? = nil
+    ) {
+        switch part {
+        case .head(let head):
+            // Kept only while the head is handled: a proxied request's head is written in `startProxy`, at once.
+            receivedHead = received
+            requestHead(head, context: context, noNativeRoute: noNativeRoute)
+            receivedHead = nil
         case .body(let buffer): requestBody(buffer, context: context)
         case .end(let trailers): requestEnd(trailers, context: context)
         }
@@ -320,7 +339,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: requests
 
-    private func requestHead(_ received: HTTPRequestHead, context: ChannelHandlerContext) {
+    private func requestHead(_ received: HTTPRequestHead, context: ChannelHandlerContext, noNativeRoute: Bool) {
         var head = received
         generation += 1
         let requestID: String
@@ -335,7 +354,7 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             keepAlive: head.isKeepAlive || head.version.major >= 2)
         RequestMetrics.inFlight.increment()
 
-        if front?.requestHasNoNativeRoute == true {
+        if noNativeRoute {
             startProxy(head, context: context)
             return
         }
@@ -402,6 +421,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private var nativeHeaders = HTTPHeaders()
+    /// The bytes of the head being handled, when the front handler framed it.
+    private var receivedHead: ReceivedRequestHead?
 
     private func startProxy(_ head: HTTPRequestHead, context: ChannelHandlerContext, bodyKnown: Bool = false) {
         guard shared.readiness.isReady else {
@@ -422,21 +443,39 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             state = .proxyPending(head)
             return
         }
-        var upstreamHead = makeUpstreamHead(head, requestID: info!.requestID, client: client)
+        let exchange = ProxyExchange(
+            pool: loop.pool, head: upstreamHead(for: head, context: context), requestHasBody: Self.hasBody(head), downstream: self)
+        state = .proxy(exchange)
+        exchange.start()
+        sendContinueIfExpected(head, context: context)
+    }
+
+    /// The head the backend gets: hop-by-hop fields out, forwarding fields and the
+    /// request id in (`makeUpstreamHead`), and the trace context: a valid `traceparent`
+    /// goes on; without one the gateway starts a trace (`start_traces`), so the
+    /// backend's spans and the access line share a trace id. A head the front handler
+    /// framed is written from its bytes, with the same rules (`UpstreamRequestHead.relaying`).
+    private func upstreamHead(for head: HTTPRequestHead, context: ChannelHandlerContext) -> UpstreamRequestHead {
+        let requestID = info!.requestID
+        if let received = receivedHead {
+            let loop = self.loop
+            let relayed = UpstreamRequestHead.relaying(
+                received, method: head.method, requestID: requestID, client: client, startTraces: shared.startTraces,
+                makeTraceparent: { loop.makeTraceparent() }, allocator: context.channel.allocator)
+            info?.traceID = relayed.traceID
+            return relayed.head
+        }
+        var upstreamHead = makeUpstreamHead(head, requestID: requestID, client: client)
         if let traceparent = upstreamHead.headers.first(name: "traceparent"), let traceID = traceIDIfValid(traceparent) {
             info?.traceID = traceID
         } else if shared.startTraces {
-            // No valid trace context: start one, so the backend's spans and this access line share a trace id.
             upstreamHead.headers.remove(name: "traceparent")
             upstreamHead.headers.remove(name: "tracestate")
             let traceparent = loop.makeTraceparent()
             upstreamHead.headers.add(name: "traceparent", value: traceparent)
             info?.traceID = String(traceparent.dropFirst(3).prefix(32))
         }
-        let exchange = ProxyExchange(pool: loop.pool, head: upstreamHead, requestHasBody: Self.hasBody(head), downstream: self)
-        state = .proxy(exchange)
-        exchange.start()
-        sendContinueIfExpected(head, context: context)
+        return UpstreamRequestHead(encoding: upstreamHead, allocator: context.channel.allocator)
     }
 
     /// Whether a request head announces a body.
@@ -879,16 +918,6 @@ private struct JSONErrorBody {
     }
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is well formed.
-func traceIDIfValid(_ value: String) -> String? {
-    let parts = value.split(separator: "-", omittingEmptySubsequences: false)
-    guard parts.count >= 4, parts[0].count == 2, parts[0] != "ff", parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
-        parts.allSatisfy({ $0.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } }),
-        parts[1] != String(repeating: "0", count: 32), parts[2] != String(repeating: "0", count: 16)
-    else { return nil }
-    return String(parts[1])
-}
-
 // MARK: - WebSocket and other upgrades
 
 extension GatewayHandler: UpgradeDownstream, TunnelEnd {
@@ -966,7 +995,7 @@ extension GatewayHandler: UpgradeDownstream, TunnelEnd {
         headers.replaceOrAdd(name: "x-request-id", value: info.requestID)
         info.status = 101
         self.info = info
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: info.version, status: .switchingProtocols, headers: headers))), promise: nil)
+        writeResponse(.head(HTTPResponseHead(version: info.version, status: .switchingProtocols, headers: headers)), context: context)
         finishResponse(context: context, close: false)
         let idleTimeout = shared.tunnelIdleTimeout
         let grace = shared.tunnelShutdownGrace

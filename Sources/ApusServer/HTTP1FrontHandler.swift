@@ -81,10 +81,12 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var lastRead = NIODeadline.now()
     /// Whether this read batch moved a request on (a slowly dribbled head does not keep a connection).
     private var progressed = false
-    /// Set while handing the gateway a request this handler found no native route
-    /// for (method and normalised path checked against the same table): the
-    /// gateway takes the verdict instead of routing again.
-    private var handedOverWithoutNativeRoute = false
+    /// The gateway, which this handler gives requests to by calling it (`GatewayHandler.receive`):
+    /// through the pipeline each part was wrapped in `NIOAny` and cast back. The two refer
+    /// to each other until this handler is removed (with the channel, or for an upgrade).
+    /// Not `weak`: an object referred to weakly gets a side table, and every retain and
+    /// release of the gateway, at each pipeline hop, takes the slow path (callgrind).
+    var gateway: GatewayHandler?
     /// The channel's writability, as its last change said (read on every request; cheaper than asking the channel).
     private var writable = true
     private var idleCheck: Scheduled<Void>?
@@ -123,6 +125,7 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // leaves nothing held): what a closing connection held is dropped.
         pending = ByteBuffer()
         self.context = nil
+        gateway = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -155,8 +158,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             progressed = true
             // Held before the body goes on: the gateway may answer at once, and framing resumes with these bytes.
             if buffer.readableBytes > 0 { hold(&buffer) }
-            context.fireChannelRead(NIOAny(HTTPServerRequestPart.body(body)))
-            if remaining == forward { context.fireChannelRead(NIOAny(HTTPServerRequestPart.end(nil))) }
+            gateway?.receive(.body(body))
+            if remaining == forward { gateway?.receive(.end(nil)) }
             return
         default:
             break
@@ -315,19 +318,19 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// and its end if the body is complete (the rest of the body follows as it arrives).
     private func toGateway(_ head: HTTP1RequestHead, _ context: ChannelHandlerContext, noNativeRoute: Bool) {
         let requestHead = makeRequestHead(head)
-        pending.moveReaderIndex(forwardBy: head.length)
+        let received = ReceivedRequestHead(bytes: pending.readSlice(length: head.length)!, target: head.target, fields: fields)
         let available = min(head.contentLength, pending.readableBytes)
         let body = available > 0 ? pending.readSlice(length: available) : nil
         if pending.readableBytes == 0 { pending = ByteBuffer() }
         let remaining = head.contentLength - available
         progressed = true
         mode = .gateway(bodyRemaining: remaining)
-        handedOverWithoutNativeRoute = noNativeRoute
         responses.expectResponse(to: requestHead.method)
-        context.fireChannelRead(NIOAny(HTTPServerRequestPart.head(requestHead)))
-        handedOverWithoutNativeRoute = false
-        if let body { context.fireChannelRead(NIOAny(HTTPServerRequestPart.body(body))) }
-        if remaining == 0 { context.fireChannelRead(NIOAny(HTTPServerRequestPart.end(nil))) }
+        // Found here to have no native route (method and normalised path checked against
+        // the same table): the gateway takes the verdict instead of routing again.
+        gateway?.receive(.head(requestHead), noNativeRoute: noNativeRoute, received: received)
+        if let body { gateway?.receive(.body(body)) }
+        if remaining == 0 { gateway?.receive(.end(nil)) }
         if !inReadBatch { context.fireChannelReadComplete() }
     }
 
@@ -346,10 +349,6 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if case .passthrough = mode { return true }
         return false
     }
-
-    /// Whether the request the gateway is reading now was found to have no native
-    /// route here (so it goes to the backend without routing again).
-    var requestHasNoNativeRoute: Bool { handedOverWithoutNativeRoute }
 
     /// Called by the gateway when it has written the whole response to a request
     /// this handler gave it (and keeps the connection): framing resumes here with

@@ -37,6 +37,7 @@ enum HTTPPipelines {
             loop: loop.value, shared: shared, client: peer.description, keepAliveTimeout: settings.keepAliveTimeout,
             maxHeadBytes: settings.maxHeadBytes, decoderLimits: settings.decoderLimits, responses: encoder)
         let gateway = GatewayHandler(loop: loop.value, shared: shared, peer: peer, front: front, encoder: encoder)
+        front.gateway = gateway
         try sync.addHandlers([front, encoder, gateway, ConnectionMetricsHandler(http2: false)])
         ConnectionStartDeadline.remove(from: sync)
     }
