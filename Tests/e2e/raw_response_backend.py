@@ -3,7 +3,8 @@ bytes, well-formed or not, so tests can check how the gateway reads backend
 responses. The connection closes after the answer, except for
 /keepalive-once: answered after 0.3 s and kept open, and the next request on that
 connection is met by closing it (what a backend does when its keep-alive timeout
-ends just as a request arrives).
+ends just as a request arrives); and /echo-head, answered with the request head
+it received.
 """
 
 import asyncio
@@ -32,7 +33,11 @@ ANSWERS = {
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     head = await reader.readuntil(b"\r\n\r\n")
     path = head.split(b" ", 2)[1]
-    if path == b"/keepalive-once":
+    if path == b"/echo-head":
+        # The request head as it arrived, as the body; a header value with a byte over 0x7F (obs-text).
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Latin: caf\xe9\r\nContent-Length: %d\r\n\r\n" % len(head) + head)
+        await writer.drain()
+    elif path == b"/keepalive-once":
         await asyncio.sleep(0.3)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()

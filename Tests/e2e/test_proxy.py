@@ -323,6 +323,22 @@ def test_backend_responses_framed_by_close_by_chunks_with_trailers_or_by_bare_lf
     assert b"chunk1" in body and b"chunk2" in body and body.endswith(b"0\r\nX-Checksum: abc123\r\n\r\n"), data
 
 
+def test_header_bytes_over_0x7f_pass_unchanged_both_ways(raw_backend_gateway):
+    """RFC 9110 allows obs-text (bytes 0x80-0xFF) in field values; as nginx does, the
+    gateway passes them byte for byte to the backend and back (it used to turn
+    what is not UTF-8 into U+FFFD)."""
+    gateway = raw_backend_gateway
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET /echo-head HTTP/1.1\r\nHost: x\r\nX-Latin: caf\xe9\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nX-Latin: caf\xe9\r\n" in head, data
+    # What the backend received: the byte, and the gateway's forwarding fields.
+    assert b"\r\nX-Latin: caf\xe9\r\n" in body and b"\r\nx-forwarded-for: 127.0.0.1\r\n" in body, body
+
+
 def test_fields_a_backend_response_names_in_connection_stop_at_the_gateway_over_http1_and_http2(raw_backend_gateway):
     gateway = raw_backend_gateway
     response = httpx.get(f"{gateway.url}/hop-named")
