@@ -282,6 +282,16 @@ def test_gunicorn_wsgi_backend(gateway_factory, gunicorn_backend):
     assert httpx.get(f"{gateway.url}/orderbook/ACME").status_code == 200
 
 
+def exchange_raw(gateway, request: bytes) -> bytes:
+    """Sends raw request bytes on a new connection and reads until the gateway closes it."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
 @pytest.fixture
 def raw_backend_gateway(tmp_path, gateway_factory, processes):
     """A gateway in front of raw_response_backend.py, which answers each path with fixed bytes."""
@@ -306,18 +316,10 @@ def test_backend_responses_framed_by_close_by_chunks_with_trailers_or_by_bare_lf
     response = httpx.get(f"{gateway.url}/interim")
     assert response.status_code == 200 and response.text == "final"
     # An unknown status code keeps the backend's reason phrase.
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        sock.sendall(b"GET /custom-reason HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = exchange_raw(gateway, b"GET /custom-reason HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 299 Mostly Fine\r\n") and data.endswith(b"\r\n\r\nok"), data
     # Chunked with an extension and a trailer: the body and the trailer reach the client.
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        sock.sendall(b"GET /trailers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = exchange_raw(gateway, b"GET /trailers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head.lower(), data
     assert b"chunk1" in body and b"chunk2" in body and body.endswith(b"0\r\nX-Checksum: abc123\r\n\r\n"), data
@@ -328,11 +330,7 @@ def test_header_bytes_over_0x7f_pass_unchanged_both_ways(raw_backend_gateway):
     gateway passes them byte for byte to the backend and back (it used to turn
     what is not UTF-8 into U+FFFD)."""
     gateway = raw_backend_gateway
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        sock.sendall(b"GET /echo-head HTTP/1.1\r\nHost: x\r\nX-Latin: caf\xe9\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = exchange_raw(gateway, b"GET /echo-head HTTP/1.1\r\nHost: x\r\nX-Latin: caf\xe9\r\nConnection: close\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nX-Latin: caf\xe9\r\n" in head, data
     # What the backend received: the byte, and the gateway's forwarding fields.
