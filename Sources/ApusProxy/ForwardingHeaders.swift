@@ -177,14 +177,20 @@ extension HTTPRequestHead {
     ///   (RFC 9110 4.2.5), and NIO's decoder lets it through, where it would end up
     ///   in a route's last parameter or the query.
     ///
-    /// `*` and targets that are not http(s) URIs stay as they are.
-    public mutating func useOriginForm() {
-        if let hash = uri.utf8.firstIndex(of: UInt8(ascii: "#")) { uri = String(uri[..<hash]) }
+    /// `*` and targets that are not http(s) URIs stay as they are. Returns whether
+    /// the head changed.
+    @discardableResult
+    public mutating func useOriginForm() -> Bool {
+        var changed = false
+        if let hash = uri.utf8.firstIndex(of: UInt8(ascii: "#")) {
+            uri = String(uri[..<hash])
+            changed = true
+        }
         let utf8 = uri.utf8
         guard utf8.first != UInt8(ascii: "/"), let colon = utf8.firstIndex(of: UInt8(ascii: ":")),
             equalsIgnoringCase(String(uri[..<colon]), "http") || equalsIgnoringCase(String(uri[..<colon]), "https"),
             uri[colon...].hasPrefix("://")
-        else { return }
+        else { return changed }
         let afterScheme = uri[uri.index(colon, offsetBy: 3)...]
         let pathStart = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? afterScheme.endIndex
         let rest = afterScheme[pathStart...]
@@ -193,6 +199,7 @@ extension HTTPRequestHead {
         let host = authority.lastIndex(of: "@").map { authority[authority.index(after: $0)...] } ?? authority
         if !host.isEmpty { headers.replaceOrAdd(name: "host", value: String(host)) }
         uri = rest.first == "/" ? String(rest) : "/" + rest
+        return true
     }
 }
 

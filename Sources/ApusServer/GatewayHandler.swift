@@ -384,7 +384,9 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         // Absolute form (`GET http://host/path`) becomes origin form with that Host, once, for
         // routing, native handlers and the backend alike; the access log keeps what was sent.
-        head.useOriginForm()
+        // (The front handler frames only origin-form targets without a fragment; a head
+        // changed here is no longer its bytes.)
+        if head.useOriginForm() { receivedHead = nil }
         let uri = head.uri.utf8
         let queryStart = uri.firstIndex(of: UInt8(ascii: "?"))
         let rawPath = Substring(head.uri.utf8[..<(queryStart ?? uri.endIndex)])
