@@ -4,18 +4,8 @@ import NIOHTTP1
 /// Hop-by-hop rules shared by requests and responses crossing the proxy.
 public enum HopByHop {
     /// Whether `name` is a hop-by-hop field (RFC 9110 7.6.1) or a legacy one proxies still see.
-    /// Decided by length first, so most names cost one comparison of their length.
     static func isHopByHop(_ name: String) -> Bool {
-        switch name.utf8.count {
-        case 2: return equalsIgnoringCase(name, "te")
-        case 7: return equalsIgnoringCase(name, "upgrade") || equalsIgnoringCase(name, "trailer")
-        case 10: return equalsIgnoringCase(name, "connection") || equalsIgnoringCase(name, "keep-alive")
-        case 16: return equalsIgnoringCase(name, "proxy-connection")
-        case 17: return equalsIgnoringCase(name, "transfer-encoding")
-        case 18: return equalsIgnoringCase(name, "proxy-authenticate")
-        case 19: return equalsIgnoringCase(name, "proxy-authorization")
-        default: return false
-        }
+        withBytes(name) { isHopByHop($0, 0..<$0.count) }
     }
 
     /// Whether a field stops at this hop: hop-by-hop, or among the names the
@@ -24,7 +14,8 @@ public enum HopByHop {
         isHopByHop(name) || named.contains { equalsIgnoringCase(name, $0) }
     }
 
-    /// `isHopByHop` for a name in received bytes.
+    /// `isHopByHop` for a name in received bytes (the one list of names).
+    /// Decided by length first, so most names cost one comparison of their length.
     static func isHopByHop(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>) -> Bool {
         switch name.count {
         case 2: return HTTPSyntax.equalsLowercase(bytes, name, "te")
@@ -38,6 +29,11 @@ public enum HopByHop {
         }
     }
 
+    /// `stopsHere` for a name in received bytes; `named` from `connectionNamed(_:_:)`.
+    static func stopsHere(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>, named: [Range<Int>]) -> Bool {
+        isHopByHop(bytes, name) || named.contains { HTTPSyntax.equalsIgnoringCase(bytes, name, $0) }
+    }
+
     /// `connectionNamed` for fields in received bytes: the names, as ranges of `bytes`.
     static func connectionNamed(_ bytes: UnsafeRawBufferPointer, _ fields: [HTTPSyntax.Field]) -> [Range<Int>] {
         var named: [Range<Int>] = []
@@ -47,17 +43,24 @@ public enum HopByHop {
         return named
     }
 
-    /// The field names a message's `Connection` headers list (they are hop-by-hop too).
+    /// The field names a message's `Connection` headers list (they are hop-by-hop too),
+    /// split as `HTTPSyntax.tokens` splits them.
     static func connectionNamed(_ headers: HTTPHeaders) -> [Substring] {
         var named: [Substring] = []
         for (name, value) in headers where equalsIgnoringCase(name, "connection") {
-            for var token in value.split(separator: ",") {
-                while let first = token.first, first == " " || first == "\t" { token.removeFirst() }
-                while let last = token.last, last == " " || last == "\t" { token.removeLast() }
-                if !token.isEmpty { named.append(token) }
+            let utf8 = value.utf8
+            for token in withBytes(value, { HTTPSyntax.tokens($0, 0..<$0.count) }) {
+                named.append(Substring(utf8[utf8.index(utf8.startIndex, offsetBy: token.lowerBound)..<utf8.index(utf8.startIndex, offsetBy: token.upperBound)]))
             }
         }
         return named
+    }
+
+    /// `text`'s UTF-8 bytes, without copying a native string.
+    private static func withBytes<Result>(_ text: String, _ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        if let result = text.utf8.withContiguousStorageIfAvailable({ body(UnsafeRawBufferPointer($0)) }) { return result }
+        var text = text
+        return text.withUTF8 { body(UnsafeRawBufferPointer($0)) }
     }
 }
 

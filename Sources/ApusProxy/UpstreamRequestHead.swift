@@ -75,9 +75,7 @@ public struct UpstreamRequestHead {
         // `makeUpstreamHead`'s rules, decided per field (the front handler frames no Transfer-Encoding).
         func verdict(_ field: HTTPSyntax.Field) -> Verdict {
             let name = field.name
-            if HopByHop.isHopByHop(bytes, name) || named.contains(where: { HTTPSyntax.equalsIgnoringCase(bytes, name, $0) }) {
-                return .dropped
-            }
+            if HopByHop.stopsHere(bytes, name, named: named) { return .dropped }
             switch name.count {
             case 6 where HTTPSyntax.equalsLowercase(bytes, name, "expect"): return .dropped
             case 15 where HTTPSyntax.equalsLowercase(bytes, name, "x-forwarded-for"): return .priorFor

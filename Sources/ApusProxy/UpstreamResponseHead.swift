@@ -112,9 +112,7 @@ public struct UpstreamResponseHead {
                 cursor.append("\r\n")
                 for field in fields {
                     let name = field.name
-                    if HopByHop.isHopByHop(bytes, name) || named.contains(where: { HTTPSyntax.equalsIgnoringCase(bytes, name, $0) }) {
-                        continue
-                    }
+                    if HopByHop.stopsHere(bytes, name, named: named) { continue }
                     switch name.count {
                     case 12 where HTTPSyntax.equalsLowercase(bytes, name, "x-request-id"):
                         continue

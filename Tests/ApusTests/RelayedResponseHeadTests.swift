@@ -11,16 +11,6 @@ import Testing
 /// response encoder's framing (which also decides how the body is framed).
 @Suite("Relayed response heads")
 struct RelayedResponseHeadTests {
-    final class Recorder: UpstreamDelegate {
-        var heads: [UpstreamResponseHead] = []
-        func upstreamRead(_ part: UpstreamResponsePart) { if case .head(let head) = part { heads.append(head) } }
-        func upstreamReadComplete() {}
-        func upstreamWritabilityChanged(_ writable: Bool) {}
-        func upstreamClosed() {}
-        func upstreamError(_ error: any Error) { Issue.record("backend response refused: \(error)") }
-        var upstreamMayRead: Bool { true }
-    }
-
     /// The head Apus's backend connection handler reads from `response`, answering a `method` request.
     func receivedHead(_ response: String, method: HTTPMethod) throws -> UpstreamResponseHead {
         try receivedHead(ByteBuffer(string: response), method: method)
@@ -28,14 +18,19 @@ struct RelayedResponseHeadTests {
 
     func receivedHead(_ response: ByteBuffer, method: HTTPMethod) throws -> UpstreamResponseHead {
         let handler = UpstreamHandler()
-        let recorder = Recorder()
+        let recorder = UpstreamRecorder()
         handler.delegate = recorder
         let channel = EmbeddedChannel(handler: handler)
         handler.send(.head(HTTPRequestHead(version: .http1_1, method: method, uri: "/")))
         handler.send(.end(nil))
         try channel.writeInbound(response)
         _ = try? channel.finish()
-        return try #require(recorder.heads.first, "no head in \(String(buffer: response).debugDescription)")
+        #expect(recorder.errors.isEmpty, "backend response refused: \(recorder.errors)")
+        let head = recorder.parts.lazy.compactMap { part -> UpstreamResponseHead? in
+            if case .head(let head) = part { return head }
+            return nil
+        }.first
+        return try #require(head, "no head in \(String(buffer: response).debugDescription)")
     }
 
     /// The bytes the client gets for a head, a two-byte body part and the end, written

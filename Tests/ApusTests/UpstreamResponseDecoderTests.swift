@@ -8,6 +8,19 @@ import Testing
 /// Apus's backend response decoder must hand the proxy the same response parts
 /// NIO's `HTTPResponseDecoder` does, however the bytes are split, and refuse
 /// what a proxy must not pass on.
+/// Records what Apus's backend connection handler (`UpstreamHandler`) hands the
+/// exchange: response parts, as the decoder delivers them, and errors.
+final class UpstreamRecorder: UpstreamDelegate {
+    var parts: [UpstreamResponsePart] = []
+    var errors: [any Error] = []
+    func upstreamRead(_ part: UpstreamResponsePart) { parts.append(part) }
+    func upstreamReadComplete() {}
+    func upstreamWritabilityChanged(_ writable: Bool) {}
+    func upstreamClosed() {}
+    func upstreamError(_ error: any Error) { errors.append(error) }
+    var upstreamMayRead: Bool { true }
+}
+
 @Suite("Backend response decoder")
 struct UpstreamResponseDecoderTests {
     enum Event: Equatable {
@@ -17,31 +30,13 @@ struct UpstreamResponseDecoderTests {
         case error(String)
     }
 
-    /// What Apus's backend connection handler hands the exchange.
-    final class Recorder: UpstreamDelegate {
-        var parts: [HTTPClientResponsePart] = []
-        var errors: [any Error] = []
-        func upstreamRead(_ part: UpstreamResponsePart) {
-            switch part {
-            case .head(let head): parts.append(.head(head.head))
-            case .body(let buffer): parts.append(.body(buffer))
-            case .end(let trailers): parts.append(.end(trailers))
-            }
-        }
-        func upstreamReadComplete() {}
-        func upstreamWritabilityChanged(_ writable: Bool) {}
-        func upstreamClosed() {}
-        func upstreamError(_ error: any Error) { errors.append(error) }
-        var upstreamMayRead: Bool { true }
-    }
-
     /// Sends one request per method, feeds `response` in pieces of `split` bytes
     /// (then the end of the connection, if `close`), and returns the parts that came
     /// out, with adjacent body parts merged: from Apus's `UpstreamHandler` (`apus`),
     /// or from NIO's HTTP/1 client codec.
     func decode(apus: Bool, _ methods: [HTTPMethod], _ response: String, split: Int, close: Bool = false) throws -> [Event] {
         let channel = EmbeddedChannel()
-        let recorder = Recorder()
+        let recorder = UpstreamRecorder()
         if apus {
             let handler = UpstreamHandler()
             handler.delegate = recorder
@@ -64,8 +59,17 @@ struct UpstreamResponseDecoderTests {
 
         var events: [Event] = []
         func drain() throws {
-            while let part = try channel.readInbound(as: HTTPClientResponsePart.self) { recorder.parts.append(part) }
+            // NIO's parts (from its decoder) and Apus's (from the recorder), in one form.
+            var parts: [HTTPClientResponsePart] = []
+            while let part = try channel.readInbound(as: HTTPClientResponsePart.self) { parts.append(part) }
             for part in recorder.parts {
+                switch part {
+                case .head(let head): parts.append(.head(head.head))
+                case .body(let buffer): parts.append(.body(buffer))
+                case .end(let trailers): parts.append(.end(trailers))
+                }
+            }
+            for part in parts {
                 switch part {
                 case .head(let head): events.append(.head(head))
                 case .body(let buffer):
