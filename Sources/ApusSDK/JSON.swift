@@ -147,8 +147,17 @@ public struct JSONWriter: ~Copyable, @unchecked Sendable {
     }
 
     /// Writes `"key":value` inside an object.
-    @inlinable
+    @inlinable @_disfavoredOverload
     public mutating func field(_ key: String, _ value: some JSONWritable) {
+        self.key(key)
+        value.write(to: &self)
+        needsSeparator = true
+    }
+
+    /// Writes `"key":value` inside an object, for a literal key (the usual case: its bytes
+    /// are at hand, no `String` to look into).
+    @inlinable @inline(__always)
+    public mutating func field(_ key: StaticString, _ value: some JSONWritable) {
         self.key(key)
         value.write(to: &self)
         needsSeparator = true
@@ -191,11 +200,22 @@ public struct JSONWriter: ~Copyable, @unchecked Sendable {
     }
 
     /// Writes `"key":` inside an object; the next `element`, `object` or `array` is its value.
-    @inlinable
+    @inlinable @_disfavoredOverload
     public mutating func key(_ key: String) {
-        separate()
-        appendString(key)
-        appendByte(UInt8(ascii: ":"))
+        appendQuoted(key, comma: needsSeparator, colon: true)
+        needsSeparator = false
+    }
+
+    /// Writes `"key":` for a literal key. Inlined into the handler, where the key's bytes
+    /// are a constant: the compiler settles the escaping check and copies them as words.
+    @inlinable @inline(__always)
+    public mutating func key(_ key: StaticString) {
+        if key.hasPointerRepresentation {
+            appendQuoted(UnsafeBufferPointer(start: key.utf8Start, count: key.utf8CodeUnitCount), comma: needsSeparator, colon: true)
+        } else {
+            let comma = needsSeparator
+            key.withUTF8Buffer { appendQuoted($0, comma: comma, colon: true) }
+        }
         needsSeparator = false
     }
 
@@ -210,26 +230,34 @@ public struct JSONWriter: ~Copyable, @unchecked Sendable {
         appendBytes(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
-    /// Appends a decimal integer without going through `String`: two digits at a
-    /// time from a table, written backwards straight into the buffer's free space.
+    /// Appends a decimal integer without going through `String`: digit pairs from a
+    /// table, written backwards straight into the buffer's free space.
     @inlinable
     public mutating func appendInteger(_ value: Int) {
         var magnitude = value.magnitude
         let length = Self.decimalDigits(magnitude) &+ (value < 0 ? 1 : 0)
         reserve(length)
         var position = count &+ length
-        while magnitude >= 100 {
+        let pairs = UnsafeRawPointer(Self.digitPairs)
+        let destination = UnsafeMutableRawPointer(base)
+        // Four digits a round: one 64-bit division, then two cheap 32-bit ones.
+        while magnitude >= 10_000 {
+            let four = UInt32(truncatingIfNeeded: magnitude % 10_000)
+            magnitude /= 10_000
+            position &-= 4
+            destination.storeBytes(of: pairs.loadUnaligned(fromByteOffset: Int(four / 100) &* 2, as: UInt16.self), toByteOffset: position, as: UInt16.self)
+            destination.storeBytes(of: pairs.loadUnaligned(fromByteOffset: Int(four % 100) &* 2, as: UInt16.self), toByteOffset: position &+ 2, as: UInt16.self)
+        }
+        if magnitude >= 100 {
             let pair = Int(truncatingIfNeeded: magnitude % 100) &* 2
             magnitude /= 100
             position &-= 2
-            base[position] = Self.digitPairs[pair]
-            base[position &+ 1] = Self.digitPairs[pair &+ 1]
+            destination.storeBytes(of: pairs.loadUnaligned(fromByteOffset: pair, as: UInt16.self), toByteOffset: position, as: UInt16.self)
         }
         if magnitude >= 10 {
             let pair = Int(truncatingIfNeeded: magnitude) &* 2
             position &-= 2
-            base[position] = Self.digitPairs[pair]
-            base[position &+ 1] = Self.digitPairs[pair &+ 1]
+            destination.storeBytes(of: pairs.loadUnaligned(fromByteOffset: pair, as: UInt16.self), toByteOffset: position, as: UInt16.self)
         } else {
             position &-= 1
             base[position] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: magnitude)
@@ -294,7 +322,9 @@ public struct JSONWriter: ~Copyable, @unchecked Sendable {
         // If `cents / 100` (correctly rounded) gives back `value`, that decimal round-trips; below
         // 1e13 doubles are far closer together than 0.01, so no shorter decimal does.
         if value.magnitude < 1e13 {
-            let cents = Int((value * 100).rounded())
+            // Rounds half away from zero by truncation (no call to `round`); where adding the
+            // half is itself rounded, the check below catches a wrong value.
+            let cents = Int(value * 100 + (value < 0 ? -0.5 : 0.5))
             if Double(cents) / 100 == value {
                 let whole = cents / 100
                 let fraction = (cents % 100).magnitude
@@ -315,34 +345,97 @@ public struct JSONWriter: ~Copyable, @unchecked Sendable {
         text.withUTF8 { appendBytes(UnsafeRawBufferPointer($0)) }
     }
 
-    /// Appends a quoted, escaped string. The common case (nothing to escape) is one
-    /// pass over the string's contiguous UTF-8 that copies as it checks.
+    /// Appends a quoted, escaped string.
     @inlinable
     public mutating func appendString(_ text: String) {
-        // Borrows the bytes of native and small strings without copying or retaining the string.
-        if text.utf8.withContiguousStorageIfAvailable({ appendQuoted($0) }) != nil { return }
-        var text = text
-        text.withUTF8 { appendQuoted($0) }
+        appendQuoted(text, comma: false, colon: false)
     }
 
-    @inlinable
-    mutating func appendQuoted(_ utf8: UnsafeBufferPointer<UInt8>) {
+    /// Appends `"text"`, with a comma before it and a colon after it as asked (one
+    /// reservation for a key's four parts). The common case, nothing to escape, copies
+    /// a word at a time and checks each word with a few bit operations.
+    @inlinable @inline(__always)
+    mutating func appendQuoted(_ text: String, comma: Bool, colon: Bool) {
+        // Borrows the bytes of native and small strings without copying or retaining the string.
+        if text.utf8.withContiguousStorageIfAvailable({ appendQuoted($0, comma: comma, colon: colon) }) != nil { return }
+        var text = text
+        text.withUTF8 { appendQuoted($0, comma: comma, colon: colon) }
+    }
+
+    @inlinable @inline(__always)
+    mutating func appendQuoted(_ utf8: UnsafeBufferPointer<UInt8>, comma: Bool, colon: Bool) {
         let length = utf8.count
-        reserve(length &+ 2)
-        let destination = base + count
-        destination[0] = UInt8(ascii: "\"")
-        var index = 0
-        while index < length {
-            let byte = utf8[index]
-            if byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
-                appendEscaped(utf8)  // nothing was counted yet: it starts over
-                return
-            }
-            destination[index &+ 1] = byte
-            index &+= 1
+        reserve(length &+ 4)  // quotes, comma and colon
+        var start = count
+        if comma {
+            base[start] = UInt8(ascii: ",")
+            start &+= 1
         }
-        destination[length &+ 1] = UInt8(ascii: "\"")
-        count &+= length &+ 2
+        base[start] = UInt8(ascii: "\"")
+        let destination = UnsafeMutableRawPointer(base + (start &+ 1))
+        var clean = true
+        if let source = UnsafeRawPointer(utf8.baseAddress) {
+            // Whole words, the last one overlapping the one before; shorter strings as two
+            // overlapping halves or three single bytes. No load reads outside the string.
+            if length >= 8 {
+                var offset = 0
+                while offset &+ 8 < length {
+                    let word = source.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                    destination.storeBytes(of: word, toByteOffset: offset, as: UInt64.self)
+                    if Self.needsEscaping(word) { clean = false }
+                    offset &+= 8
+                }
+                let last = source.loadUnaligned(fromByteOffset: length &- 8, as: UInt64.self)
+                destination.storeBytes(of: last, toByteOffset: length &- 8, as: UInt64.self)
+                if Self.needsEscaping(last) { clean = false }
+            } else if length >= 4 {
+                let first = source.loadUnaligned(as: UInt32.self)
+                let last = source.loadUnaligned(fromByteOffset: length &- 4, as: UInt32.self)
+                destination.storeBytes(of: first, as: UInt32.self)
+                destination.storeBytes(of: last, toByteOffset: length &- 4, as: UInt32.self)
+                clean = !Self.needsEscaping(UInt64(first) | UInt64(last) &<< 32)
+            } else if length > 0 {
+                let first = source.load(as: UInt8.self)
+                let middle = source.load(fromByteOffset: length >> 1, as: UInt8.self)
+                let last = source.load(fromByteOffset: length &- 1, as: UInt8.self)
+                destination.storeBytes(of: first, as: UInt8.self)
+                destination.storeBytes(of: middle, toByteOffset: length >> 1, as: UInt8.self)
+                destination.storeBytes(of: last, toByteOffset: length &- 1, as: UInt8.self)
+                // The other five bytes of the word are a letter, which needs no escaping.
+                clean = !Self.needsEscaping(
+                    UInt64(first) | UInt64(middle) &<< 8 | UInt64(last) &<< 16 | 0x4141_4141_4100_0000)
+            }
+        }
+        guard clean else {
+            // Nothing was counted yet: the comma goes in again and the string starts over.
+            if comma { appendByte(UInt8(ascii: ",")) }
+            appendEscaped(utf8)
+            if colon { appendByte(UInt8(ascii: ":")) }
+            return
+        }
+        var end = start &+ 1 &+ length
+        base[end] = UInt8(ascii: "\"")
+        end &+= 1
+        if colon {
+            base[end] = UInt8(ascii: ":")
+            end &+= 1
+        }
+        count = end
+    }
+
+    /// Whether any of the word's eight bytes is a control character, `"` or `\`, the
+    /// bytes JSON escapes. Each test is the classic "has a byte below n" bit trick, which
+    /// is exact about whether such a byte exists; bytes of 0x80 and above never match.
+    @inlinable @inline(__always)
+    static func needsEscaping(_ word: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highBits: UInt64 = 0x8080_8080_8080_8080
+        let quote = word ^ (ones &* 0x22)
+        let backslash = word ^ (ones &* 0x5C)
+        let control = (word &- ones &* 0x20) & ~word
+        let isQuote = (quote &- ones) & ~quote
+        let isBackslash = (backslash &- ones) & ~backslash
+        return (control | isQuote | isBackslash) & highBits != 0
     }
 
     /// The slow path of `appendString`: a string with quotes, backslashes or control characters.

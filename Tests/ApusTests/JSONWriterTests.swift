@@ -29,6 +29,16 @@ struct JSONWriterTests {
         #expect(text(0.001) == "0.001")
         #expect(text(100.0) == "100.0")
         #expect(text(.double(.nan)) == "null")
+        // Thousandths and hundredths either side of zero, ties included: the fast path either
+        // writes what `description` does or hands over to it.
+        var mismatches: [Double] = []
+        for step in stride(from: 0, through: 2_000_000, by: 7) {
+            for value in [Double(step) / 1000, -Double(step) / 1000, Double(step) / 100 + 0.005, 0.49999999999999994 * Double(step)]
+            where text(.double(value)) != value.description {
+                mismatches.append(value)
+            }
+        }
+        #expect(mismatches.isEmpty, "\(mismatches.prefix(5))")
     }
 
     @Test func escapesStrings() {
@@ -39,6 +49,61 @@ struct JSONWriterTests {
             #expect(text(.string(clean)) == "\"\(clean)\"")
             #expect(text(.string(clean + "\"")) == "\"\(clean)\\\"\"")
         }
+    }
+
+    /// JSON's escaping, one byte at a time: what the word-at-a-time writer must match.
+    func reference(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
+            case _ where scalar.value < 0x20:
+                out += "\\u00" + (scalar.value < 0x10 ? "0" : "") + String(scalar.value, radix: 16)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    @Test func escapesEachSpecialByteAtEveryPositionOfEveryLength() {
+        // Lengths across the 1-3, 4-7 and word-loop paths, each special byte at each
+        // position, and the bytes either side of the special ranges, which pass as they are.
+        let specials: [Character] = ["\u{00}", "\u{01}", "\n", "\u{1F}", "\"", "\\", " ", "!", "#", "[", "]", "\u{7F}", "é", "✓"]
+        for length in 1...26 {
+            for position in 0..<length {
+                for special in specials {
+                    var characters = Array(repeating: Character("a"), count: length)
+                    characters[position] = special
+                    let value = String(characters)
+                    #expect(text(.string(value)) == reference(value), "length \(length), position \(position)")
+                    var writer = JSONWriter()
+                    writer.object { $0.field("k", 1); $0.field(value, 2) }
+                    #expect(String(decoding: writer.bytes, as: UTF8.self) == "{\"k\":1,\(reference(value)):2}")
+                }
+            }
+        }
+    }
+
+    @Test func literalKeysAreEscapedLikeStringKeys() {
+        var writer = JSONWriter()
+        writer.object { o in
+            o.field("a", 1)  // a one-scalar literal: a StaticString without a pointer
+            o.field("", 2)
+            o.field("q\"k\\", 3)
+            o.field("a key longer than sixteen bytes", 4)
+            o.field("é", 5)
+            o.key("tab\there")
+            o.element(6)
+            o.field("nested", array: { $0.element(7) })
+        }
+        #expect(String(decoding: writer.bytes, as: UTF8.self)
+            == #"{"a":1,"":2,"q\"k\\":3,"a key longer than sixteen bytes":4,"é":5,"tab\there":6,"nested":[7]}"#)
     }
 
     @Test func writesEveryIntegerLikeDescription() {
