@@ -1,6 +1,7 @@
+import ApusSystem
 import CoreMetrics
 import Crypto
-import Foundation
+import FoundationEssentials
 import Logging
 
 /// A handler library ready to load.
@@ -105,9 +106,9 @@ public actor HandlerCompiler {
                 return (path, lines[1])
             }
         }
-        let result: ProcessResult
+        let result: ProgramResult
         do {
-            result = try await runProcess(path, ["--version"])
+            result = try await runProgram(path, ["--version"])
         } catch {
             throw .noCompiler("\(path) --version failed: \(error)")
         }
@@ -131,7 +132,7 @@ public actor HandlerCompiler {
             hasher.update(data: Data(URL(fileURLWithPath: file).lastPathComponent.utf8))
             hasher.update(data: contents)
         }
-        return hasher.finalize().prefix(12).map { String(format: "%02x", $0) }.joined()
+        return hasher.finalize().prefix(12).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
     }
 
     /// Builds the SDK library once (per toolchain and SDK contents); concurrent callers share the build.
@@ -170,14 +171,14 @@ public actor HandlerCompiler {
             let result = try await runCompiler(toolchain, arguments)
             guard result.status == 0 else { throw .failed(handler: "ApusSDK", source: sdk.root, output: result.output) }
         }
-        logger.info("built the handler SDK", metadata: ["sdk.seconds": "\(String(format: "%.2f", seconds(since: started)))"])
+        logger.info("built the handler SDK", metadata: ["sdk.seconds": "\(seconds(since: started).formatted(places: 2))"])
         return build
     }
 
     /// Runs the compiler; one that cannot be started at all is a missing toolchain.
-    func runCompiler(_ toolchain: (path: String, version: String), _ arguments: [String]) async throws(CompileError) -> ProcessResult {
+    func runCompiler(_ toolchain: (path: String, version: String), _ arguments: [String]) async throws(CompileError) -> ProgramResult {
         do {
-            return try await runProcess(toolchain.path, arguments)
+            return try await runProgram(toolchain.path, arguments)
         } catch {
             throw .noCompiler("cannot run \(toolchain.path): \(error)")
         }
@@ -194,7 +195,7 @@ public actor HandlerCompiler {
         do {
             try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
         } catch {
-            throw .io("cannot create handler cache \(configuration.cacheDirectory): \(error.localizedDescription)")
+            throw .io("cannot create handler cache \(configuration.cacheDirectory): \(describe(error))")
         }
         do {
             try await build(staging)
@@ -207,7 +208,7 @@ public actor HandlerCompiler {
         } catch {
             try? FileManager.default.removeItem(atPath: staging)
             guard FileManager.default.fileExists(atPath: product) else {
-                throw .io("cannot store \(directory): \(error.localizedDescription)")
+                throw .io("cannot store \(directory): \(describe(error))")
             }
         }
     }
@@ -238,7 +239,7 @@ public actor HandlerCompiler {
         // Build under a temporary name and rename, so a crash never leaves a half-written library in the cache.
         let temporary = "\(configuration.cacheDirectory)/.\(name)-\(hash)-\(UUID().uuidString.prefix(8)).so"
         // A module name per build: two generations of one handler never share type names.
-        let moduleName = "apus_handler_\(name.replacingOccurrences(of: "-", with: "_"))_\(hash)"
+        let moduleName = "apus_handler_\(name.replacing("-", with: "_"))_\(hash)"
         let arguments =
             handlerFlags + [
                 "-module-name", moduleName, "-I", sdkBuild.directory, "-I", sdk.abiIncludeDirectory,
@@ -254,14 +255,14 @@ public actor HandlerCompiler {
         guard result.status == 0 else {
             try? FileManager.default.removeItem(atPath: temporary)
             Counter(label: "apus_handler_compile_failures_total", dimensions: [("handler", name)]).increment()
-            throw .failed(handler: name, source: source, output: result.output.trimmingCharacters(in: .whitespacesAndNewlines))
+            throw .failed(handler: name, source: source, output: result.output.trimmed)
         }
         do {
             try FileManager.default.moveItem(atPath: temporary, toPath: library)
         } catch {
             try? FileManager.default.removeItem(atPath: temporary)
             guard FileManager.default.fileExists(atPath: library) else {
-                throw .io("cannot store \(library): \(error.localizedDescription)")
+                throw .io("cannot store \(library): \(describe(error))")
             }
         }
         let compiled = CompiledHandler(
@@ -269,7 +270,7 @@ public actor HandlerCompiler {
             sdkDirectory: sdkBuild.directory)
         logger.info(
             "compiled handler",
-            metadata: ["handler.name": "\(name)", "handler.seconds": "\(String(format: "%.2f", compiled.duration))"])
+            metadata: ["handler.name": "\(name)", "handler.seconds": "\(compiled.duration.formatted(places: 2))"])
         return compiled
     }
 }
@@ -295,11 +296,11 @@ extension HandlerCompiler {
         let sdkPackage = try sdkPackageFolder(key: sdkBuild.key)
         let swift = URL(fileURLWithPath: toolchain.path).deletingLastPathComponent().appendingPathComponent("swift").path
         let scratch = "\(configuration.cacheDirectory)/package-build-\(name)"
-        let product = name.replacingOccurrences(of: "-", with: "_")
+        let product = name.replacing("-", with: "_")
         logger.info("building package handler", metadata: ["handler.name": "\(name)", "handler.source": "\(directory)"])
-        let result: ProcessResult
+        let result: ProgramResult
         do {
-            result = try await runProcess(
+            result = try await runProgram(
                 "/usr/bin/env",
                 ["APUS_SDK_PACKAGE=\(sdkPackage)", swift, "build", "-c", configuration.optimize ? "release" : "debug",
                     "--product", product, "--package-path", directory, "--scratch-path", scratch])
@@ -309,7 +310,7 @@ extension HandlerCompiler {
         Timer(label: "apus_handler_compile_seconds", dimensions: [("handler", name)]).recordSeconds(seconds(since: started))
         guard result.status == 0 else {
             Counter(label: "apus_handler_compile_failures_total", dimensions: [("handler", name)]).increment()
-            throw .failed(handler: name, source: directory, output: result.output.trimmingCharacters(in: .whitespacesAndNewlines))
+            throw .failed(handler: name, source: directory, output: result.output.trimmed)
         }
         let built = "\(scratch)/\(configuration.optimize ? "release" : "debug")/lib\(product).so"
         do {
@@ -318,13 +319,13 @@ extension HandlerCompiler {
             try FileManager.default.moveItem(atPath: temporary, toPath: library)
         } catch {
             guard FileManager.default.fileExists(atPath: library) else {
-                throw .io("package \(directory) built, but \(built) could not be stored: \(error.localizedDescription) (does Package.swift declare .library(name: \"\(product)\", type: .dynamic, …)?)")
+                throw .io("package \(directory) built, but \(built) could not be stored: \(describe(error)) (does Package.swift declare .library(name: \"\(product)\", type: .dynamic, …)?)")
             }
         }
         let compiled = CompiledHandler(
             name: name, source: directory, libraryPath: library, hash: hash, fromCache: false, duration: seconds(since: started),
             sdkDirectory: sdkBuild.directory)
-        logger.info("built package handler", metadata: ["handler.name": "\(name)", "handler.seconds": "\(String(format: "%.2f", compiled.duration))"])
+        logger.info("built package handler", metadata: ["handler.name": "\(name)", "handler.seconds": "\(compiled.duration.formatted(places: 2))"])
         return compiled
     }
 
@@ -335,9 +336,9 @@ extension HandlerCompiler {
         while let folder = pending.popLast() {
             for name in (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [] where !name.hasPrefix(".") {
                 let path = "\(folder)/\(name)"
-                var isDirectory: ObjCBool = false
+                var isDirectory = false
                 guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { continue }
-                if isDirectory.boolValue { pending.append(path) } else { files.append(path) }
+                if isDirectory { pending.append(path) } else { files.append(path) }
             }
         }
         return files.sorted()
@@ -372,7 +373,7 @@ extension HandlerCompiler {
         } catch {
             try? FileManager.default.removeItem(atPath: staging)
             guard FileManager.default.fileExists(atPath: "\(folder)/Package.swift") else {
-                throw .io("cannot write the SDK package to \(folder): \(error.localizedDescription)")
+                throw .io("cannot write the SDK package to \(folder): \(describe(error))")
             }
         }
         return folder

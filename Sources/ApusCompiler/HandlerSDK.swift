@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// Where the handler SDK sources live, so `apus` can compile handlers from any
 /// working directory. The layout is the same in a checkout (`<repo>/Sources`)

@@ -1,4 +1,5 @@
-import Foundation
+import ApusSystem
+import FoundationEssentials
 
 /// A folder of handlers built ahead of time by `apus build`, for images without
 /// a toolchain: the libraries, the SDK library they link against (found through
@@ -68,7 +69,7 @@ public struct PrebuiltHandlers: Sendable {
         } catch let error as CompileError {
             throw error
         } catch {
-            throw .io("cannot write prebuilt handlers to \(directory): \(error.localizedDescription)")
+            throw .io("cannot write prebuilt handlers to \(directory): \(describe(error))")
         }
     }
 }

@@ -1,4 +1,6 @@
-import Foundation
+import ApusSystem
+import FoundationEssentials
+import Logging
 
 /// The interpreter a Python extension module is built for.
 public struct PythonTarget: Sendable {
@@ -43,7 +45,7 @@ extension HandlerCompiler {
             throw .invalid("\(source): \"\(name)\" is not a Python module name; name the file with letters, digits and underscores")
         }
         guard let text = try? String(contentsOfFile: source, encoding: .utf8) else { throw .io("cannot read \(source)") }
-        guard text.range(of: #"(let|var)\s+python\s*="#, options: .regularExpression) != nil else {
+        guard text.contains(/(let|var)\s+python\s*=/) else {
             throw .invalid("\(source) offers nothing to Python: declare `let python = PythonExports { python in … }` (README, \"Use Swift from Python\")")
         }
         guard FileManager.default.fileExists(atPath: "\(target.includeDirectory)/Python.h") else {
@@ -75,7 +77,7 @@ extension HandlerCompiler {
 
                 """.write(toFile: entry, atomically: true, encoding: .utf8)
             } catch {
-                throw .io("cannot write to the handler cache \(configuration.cacheDirectory): \(error.localizedDescription)")
+                throw .io("cannot write to the handler cache \(configuration.cacheDirectory): \(describe(error))")
             }
             // A module name per build: two builds of one file loaded into one interpreter never share type names.
             let arguments =
@@ -92,7 +94,7 @@ extension HandlerCompiler {
             let result = try await runCompiler(toolchain, arguments)
             try? FileManager.default.removeItem(atPath: entry)
             guard result.status == 0 else {
-                throw .failed(pythonModule: name, source: source, output: result.output.trimmingCharacters(in: .whitespacesAndNewlines))
+                throw .failed(pythonModule: name, source: source, output: result.output.trimmed)
             }
         }
         return CompiledPythonModule(name: name, path: module, hash: hash, fromCache: false, duration: seconds(since: started))

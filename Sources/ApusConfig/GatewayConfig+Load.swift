@@ -1,4 +1,5 @@
-import Foundation
+import ApusSystem
+import FoundationEssentials
 import TOMLKit
 
 extension GatewayConfig {
@@ -21,7 +22,7 @@ extension GatewayConfig {
         do {
             text = try String(contentsOfFile: file, encoding: .utf8)
         } catch {
-            throw ConfigError(file: file, line: nil, key: "", message: "cannot read config file: \(error.localizedDescription)")
+            throw ConfigError(file: file, line: nil, key: "", message: "cannot read config file: \(describe(error))")
         }
         return try parse(text: text, file: file, environment: environment)
     }
@@ -152,8 +153,8 @@ private struct ConfigReader {
             }
             if let directory = try string(backend, t, "directory") {
                 let resolved = resolve(directory)
-                var isDirectory: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: resolved, isDirectory: &isDirectory), isDirectory.boolValue else {
+                var isDirectory = false
+                guard FileManager.default.fileExists(atPath: resolved, isDirectory: &isDirectory), isDirectory else {
                     throw error(t, "directory", "folder \(resolved) does not exist")
                 }
                 config.backend.workingDirectory = resolved
@@ -186,12 +187,12 @@ private struct ConfigReader {
                     paths = try strings(sources, t, "sources")
                 }
                 for path in paths.map(resolve) {
-                    var isDirectory: ObjCBool = false
+                    var isDirectory = false
                     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
                         throw error(t, "sources", "\(path) does not exist")
                     }
                     let files: [String]
-                    if isDirectory.boolValue {
+                    if isDirectory {
                         config.handlers.sourceDirectories.append(path)
                         let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
                         // Single-file handlers, and package handlers: folders with their own Package.swift.
@@ -202,7 +203,7 @@ private struct ConfigReader {
                         guard path.hasSuffix(".swift") else { throw error(t, "sources", "\(path) is not a .swift file") }
                         files = [path]
                     }
-                    if isDirectory.boolValue, FileManager.default.fileExists(atPath: "\(path)/Package.swift") {
+                    if isDirectory, FileManager.default.fileExists(atPath: "\(path)/Package.swift") {
                         // `sources` naming one package handler's folder directly.
                         config.handlers.sourceDirectories.removeLast()
                         let name = URL(fileURLWithPath: path).lastPathComponent
@@ -316,7 +317,7 @@ private struct ConfigReader {
     func applyEnvironment(_ environment: [String: String], to config: inout GatewayConfig) throws(ConfigError) {
         if let listen = environment[GatewayConfig.EnvironmentKey.listen], !listen.isEmpty {
             config.server.listen = try listen.split(separator: ",").map { (part) throws(ConfigError) in
-                let text = part.trimmingCharacters(in: .whitespaces)
+                let text = part.trimmed
                 guard let spec = SocketAddressSpec(parsing: text) else {
                     throw ConfigError(file: "environment", line: nil, key: GatewayConfig.EnvironmentKey.listen, message: "\"\(text)\" is not host:port")
                 }
@@ -341,7 +342,7 @@ private struct ConfigReader {
 
     func checkKeys(_ table: TOMLTable, table name: String, allowed: Set<String>) throws(ConfigError) {
         for key in table.keys where !allowed.contains(key) {
-            let place = name.isEmpty ? "at the top level" : "in [\(name.replacingOccurrences(of: #"\[\d+\]"#, with: "", options: .regularExpression))]"
+            let place = name.isEmpty ? "at the top level" : "in [\(name.replacing(/\[\d+\]/, with: ""))]"
             throw error(name, key, "unknown key \(place); known keys: \(allowed.sorted().joined(separator: ", "))")
         }
     }
@@ -403,7 +404,7 @@ private struct ConfigReader {
         if let text = value.string {
             let units: [(String, Int)] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)]
             for (suffix, factor) in units where text.hasSuffix(suffix) {
-                if let number = Int(text.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), number > 0 {
+                if let number = Int(text.dropLast(suffix.count).trimmed), number > 0 {
                     return number * factor
                 }
             }

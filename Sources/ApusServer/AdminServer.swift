@@ -1,5 +1,5 @@
 import ApusProxy
-import Foundation
+import FoundationEssentials
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -69,7 +69,7 @@ public final class AdminServer: Service, Sendable {
             } else {
                 let spec = listen
                 let colon = spec.lastIndex(of: ":")!
-                let host = spec[..<colon].trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+                let host = String(spec[..<colon].filter { $0 != "[" && $0 != "]" })
                 channel = try await bootstrap.bind(host: host, port: Int(spec[spec.index(after: colon)...])!).get()
             }
         } catch {
@@ -150,17 +150,27 @@ private final class AdminHandler: ChannelInboundHandler {
         }
     }
 
-    private func routesJSON() -> [UInt8] {
-        let routes = state.router.withLockedValue { $0 }.descriptions.map { route -> [String: Any] in
-            ["match": route.match, "handler": route.handler, "kind": route.kind, "source": route.source, "build_hash": route.buildHash,
-             "loaded_at": ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: route.loadedAt))]
-        }
-        let data = (try? JSONSerialization.data(withJSONObject: ["routes": routes], options: [.sortedKeys])) ?? Data("{}".utf8)
-        return Array(data)
+    /// One route as `/admin/routes` lists it.
+    private struct RouteListing: Encodable {
+        let match, handler, kind, source, buildHash, loadedAt: String
     }
 
-    private static func json(_ object: [String: String]) -> [UInt8] {
-        Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8))
+    private func routesJSON() -> [UInt8] {
+        let routes = state.router.withLockedValue { $0 }.descriptions.map { route in
+            RouteListing(
+                match: route.match, handler: route.handler, kind: route.kind, source: route.source, buildHash: route.buildHash,
+                loadedAt: Date(timeIntervalSince1970: route.loadedAt).ISO8601Format())
+        }
+        return Self.encode(["routes": routes])
+    }
+
+    private static func json(_ object: [String: String]) -> [UInt8] { encode(object) }
+
+    private static func encode(_ value: some Encodable) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        return Array((try? encoder.encode(value)) ?? Data("{}".utf8))
     }
 
     private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus, _ type: String, _ body: [UInt8]) {

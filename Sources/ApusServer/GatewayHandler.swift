@@ -2,6 +2,7 @@ import ApusConfig
 import ApusPlugins
 import ApusProxy
 import ApusRouting
+import CoreMetrics
 import Logging
 import NIOCore
 import NIOHTTP1

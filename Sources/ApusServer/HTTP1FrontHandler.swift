@@ -2,6 +2,8 @@ import ApusPlugins
 import ApusProxy
 import ApusRouting
 import CApusABI
+import CoreMetrics
+import Logging
 import NIOCore
 import NIOHTTP1
 

@@ -1,9 +1,13 @@
 import ApusConfig
-import Foundation
+import FoundationEssentials
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A certificate problem, named by file, found at `apus check`, at start, or on reload.
 public struct TLSConfigError: Error, CustomStringConvertible, Sendable {
@@ -143,8 +147,7 @@ public final class TLSCertificateStore: Sendable {
     }
 
     private static func format(_ value: time_t) -> String {
-        let formatter = ISO8601DateFormatter()
-        return formatter.string(from: Date(timeIntervalSince1970: TimeInterval(value)))
+        Date(timeIntervalSince1970: TimeInterval(value)).ISO8601Format()
     }
 }
 

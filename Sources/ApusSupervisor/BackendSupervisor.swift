@@ -1,5 +1,6 @@
+import ApusSystem
 import CoreMetrics
-import Foundation
+import FoundationEssentials
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -150,17 +151,33 @@ public final class BackendSupervisor: Service, Sendable {
         guard let executable, FileManager.default.isExecutableFile(atPath: executable) else {
             throw SupervisorError(description: "backend program \"\(program)\" not found on PATH or in a .venv/bin above \(configuration.directory); activate the project's virtualenv or give a full path in [backend] command")
         }
-        let stdout = Pipe()
-        let stderr = Pipe()
-        let process = try ChildProcess.spawn(
-            executable: executable, arguments: Array(configuration.command.dropFirst()), directory: configuration.directory,
-            environment: ProcessInfo.processInfo.environment.merging(configuration.environment) { $1 },
-            stdout: stdout.fileHandleForWriting.fileDescriptor, stderr: stderr.fileHandleForWriting.fileDescriptor)
+        // The backend's stdout and stderr come through pipes, so that each of its lines can be
+        // marked "[backend]". Close-on-exec: only the child's dup2'ed copies cross into it.
+        var stdout: [Int32] = [-1, -1]
+        var stderr: [Int32] = [-1, -1]
+        guard pipe(&stdout) == 0 else { throw SupervisorError(description: "cannot make a pipe for the backend's output: \(String(cString: strerror(errno)))") }
+        guard pipe(&stderr) == 0 else {
+            let reason = String(cString: strerror(errno))
+            stdout.forEach { close($0) }
+            throw SupervisorError(description: "cannot make a pipe for the backend's output: \(reason)")
+        }
+        for descriptor in stdout + stderr { _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC) }
+        let process: ChildProcess
+        do {
+            process = try ChildProcess.spawn(
+                executable: executable, arguments: Array(configuration.command.dropFirst()), directory: configuration.directory,
+                environment: ProcessInfo.processInfo.environment.merging(configuration.environment) { $1 },
+                stdout: stdout[1], stderr: stderr[1])
+        } catch {
+            stdout.forEach { close($0) }
+            stderr.forEach { close($0) }
+            throw SupervisorError(description: error.description)
+        }
         // The child has its copies; closing ours lets the readers see end-of-file when it exits.
-        try? stdout.fileHandleForWriting.close()
-        try? stderr.fileHandleForWriting.close()
-        forward(stdout.fileHandleForReading, to: 1)
-        forward(stderr.fileHandleForReading, to: 2)
+        close(stdout[1])
+        close(stderr[1])
+        forward(stdout[0], to: 1)
+        forward(stderr[0], to: 2)
         return process
     }
 
@@ -182,29 +199,40 @@ public final class BackendSupervisor: Service, Sendable {
         }
     }
 
-    /// Copies the backend's output, line by line with a prefix, on a thread of its own.
-    private func forward(_ handle: FileHandle, to descriptor: Int32) {
-        let thread = Thread {
-            var pending = Data()
-            while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                pending.append(chunk)
-                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    var line = Data("[backend] ".utf8)
-                    line.append(pending[pending.startIndex...newline])
-                    line.withUnsafeBytes { _ = write(descriptor, $0.baseAddress, $0.count) }
-                    pending.removeSubrange(pending.startIndex...newline)
+    /// Copies the backend's output, line by line with a prefix, on a thread of its own;
+    /// closes `source` at its end.
+    private func forward(_ source: Int32, to descriptor: Int32) {
+        detachThread {
+            let prefix = Array("[backend] ".utf8)
+            var buffer = [UInt8](repeating: 0, count: 16 * 1024)
+            var pending: [UInt8] = []
+            func emit(_ line: ArraySlice<UInt8>, addNewline: Bool) {
+                let out = prefix + line + (addNewline ? [UInt8(ascii: "\n")] : [])
+                out.withUnsafeBytes { raw in
+                    var offset = 0
+                    while offset < raw.count {
+                        let written = write(descriptor, raw.baseAddress! + offset, raw.count - offset)
+                        if written < 0 && errno == EINTR { continue }
+                        if written <= 0 { return }
+                        offset += written
+                    }
                 }
             }
-            if !pending.isEmpty {
-                var line = Data("[backend] ".utf8)
-                line.append(pending)
-                line.append(UInt8(ascii: "\n"))
-                line.withUnsafeBytes { _ = write(descriptor, $0.baseAddress, $0.count) }
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(source, $0.baseAddress, $0.count) }
+                if count < 0 && errno == EINTR { continue }
+                if count <= 0 { break }
+                pending += buffer[..<count]
+                var lineStart = 0
+                while let newline = pending[lineStart...].firstIndex(of: UInt8(ascii: "\n")) {
+                    emit(pending[lineStart...newline], addNewline: false)
+                    lineStart = newline + 1
+                }
+                pending.removeFirst(lineStart)
             }
+            if !pending.isEmpty { emit(pending[...], addNewline: true) }
+            close(source)
         }
-        thread.start()
     }
 
     /// SIGTERM, then SIGKILL if the process outlives `timeout`.
@@ -213,9 +241,9 @@ public final class BackendSupervisor: Service, Sendable {
         let pid = process.pid
         logger.info("stopping backend", metadata: ["backend.pid": "\(pid)"])
         kill(pid, SIGTERM)
-        Thread.detachNewThread {
-            let deadline = Date().addingTimeInterval(timeout)
-            while process.isRunning && Date() < deadline { usleep(50_000) }
+        detachThread {
+            let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+            while process.isRunning && ContinuousClock.now < deadline { usleep(50_000) }
             if process.isRunning {
                 logger.warning("backend ignored SIGTERM; sending SIGKILL", metadata: ["backend.pid": "\(pid)"])
                 kill(pid, SIGKILL)

@@ -1,6 +1,6 @@
 import ApusConfig
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 
 /// The `apus` command line.
 @main

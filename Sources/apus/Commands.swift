@@ -4,8 +4,9 @@ import ApusPlugins
 import ApusProxy
 import ApusServer
 import ApusSupervisor
+import ApusSystem
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Logging
 import Metrics
 import Prometheus
@@ -18,7 +19,7 @@ import UnixSignals
 /// compile, load, bind) ends here with its own message, never a stack trace.
 func fail(_ error: any Error) -> ExitCode {
     let message = String(describing: error)
-    FileHandle.standardError.write(Data("apus: error: \(message)\n".utf8))
+    writeStandardError("apus: error: \(message)\n")
     return ExitCode(error is ConfigError ? 2 : 1)
 }
 
@@ -55,8 +56,8 @@ struct Check: AsyncParsableCommand {
                 print("native routes:")
                 for route in config.routes {
                     let handler = result.handlers[route.handler]!
-                    let cached = handler.compiled.fromCache ? "cached" : "compiled in \(String(format: "%.1f", handler.compiled.duration))s"
-                    print("  \(route.match.padding(toLength: 32, withPad: " ", startingAt: 0)) -> \(route.handler) [\(handler.library.kind.rawValue), \(cached)]")
+                    let cached = handler.compiled.fromCache ? "cached" : "compiled in \(handler.compiled.duration.formatted(places: 1))s"
+                    print("  \(route.match + String(repeating: " ", count: max(0, 32 - route.match.count))) -> \(route.handler) [\(handler.library.kind.rawValue), \(cached)]")
                 }
                 print("everything else -> backend")
             }
@@ -243,7 +244,7 @@ struct Reload: AsyncParsableCommand {
             throw fail(error)
         }
         let pidFile = GatewayReloader.pidFile(config)
-        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmed),
             kill(pid, 0) == 0
         else {
             throw fail(ReloadError(description: "no running apus serve for \(config.file) (no live pid in \(pidFile))"))

@@ -1,4 +1,5 @@
-import Foundation
+import ApusSystem
+import FoundationEssentials
 import Synchronization
 
 #if canImport(Glibc)
@@ -43,9 +44,9 @@ final class FileWatcher: Sendable {
             count += 1
             let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
             for name in names where !Self.skippedFolders.contains(name) && !name.hasPrefix(".") {
-                var isDirectory: ObjCBool = false
+                var isDirectory = false
                 let path = "\(folder)/\(name)"
-                if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+                if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory {
                     pending.append(path)
                 }
             }
@@ -57,7 +58,7 @@ final class FileWatcher: Sendable {
     func changes(quietMilliseconds: Int32 = 40) -> AsyncStream<Batch> {
         let (batches, continuation) = AsyncStream<Batch>.makeStream()
         let descriptor = self.descriptor
-        let thread = Thread { [self] in
+        detachThread { [self] in
             var buffer = [UInt8](repeating: 0, count: 64 * 1024)
             var pending = Batch()
             while true {
@@ -91,7 +92,6 @@ final class FileWatcher: Sendable {
             }
             continuation.finish()
         }
-        thread.start()
         return batches
     }
 }

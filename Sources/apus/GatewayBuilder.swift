@@ -3,7 +3,7 @@ import ApusConfig
 import ApusPlugins
 import ApusRouting
 import ApusServer
-import Foundation
+import FoundationEssentials
 import Logging
 
 /// Turns a config into a ready route snapshot: checks every route pattern,

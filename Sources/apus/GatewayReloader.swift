@@ -1,8 +1,13 @@
 import ApusCompiler
 import ApusConfig
 import ApusServer
-import Foundation
+import ApusSystem
+import FoundationEssentials
 import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Re-reads the config, rebuilds what changed (the compile cache skips the rest),
 /// reloads certificates and swaps the route snapshot into every event loop at
@@ -89,10 +94,10 @@ actor GatewayReloader {
         var message = "routes reloaded (\(reason)): \(newConfig.routes.count) native route(s)"
         if !replaced.isEmpty {
             message += "; new builds: " + replaced.map { handler in
-                handler.fromCache ? "\(handler.name) (cached)" : "\(handler.name) (compiled in \(String(format: "%.2f", handler.duration))s)"
+                handler.fromCache ? "\(handler.name) (cached)" : "\(handler.name) (compiled in \(handler.duration.formatted(places: 2))s)"
             }.joined(separator: ", ")
         }
-        message += "; new code serving \(String(format: "%.2f", seconds(since: since)))s after the change"
+        message += "; new code serving \(seconds(since: since).formatted(places: 2))s after the change"
         if !restartNeeded.isEmpty {
             message += "; restart apus to apply changes to \(restartNeeded.joined(separator: ", "))"
         }

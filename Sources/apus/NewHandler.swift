@@ -1,7 +1,8 @@
 import ApusCompiler
 import ApusConfig
+import ApusSystem
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 
 struct New: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -61,7 +62,7 @@ struct NewHandler: ParsableCommand {
         do {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             if package {
-                let product = name.replacingOccurrences(of: "-", with: "_")
+                let product = name.replacing("-", with: "_")
                 let sources = "\(file)/Sources/\(product)"
                 try FileManager.default.createDirectory(atPath: sources, withIntermediateDirectories: true)
                 try Self.packageManifest(product: product).write(toFile: "\(file)/Package.swift", atomically: true, encoding: .utf8)
@@ -73,19 +74,16 @@ struct NewHandler: ParsableCommand {
                 try Self.template(name: name).write(toFile: file, atomically: true, encoding: .utf8)
             }
         } catch {
-            throw fail(NewHandlerError("cannot write \(file): \(error.localizedDescription)"))
+            throw fail(NewHandlerError("cannot write \(file): \(describe(error))"))
         }
         let match = route ?? "GET /\(name)/{id}"
         let lines = "\n[[route]]\nmatch = \"\(match)\"\nhandler = \"\(name)\"\n"
         print("wrote \(file)")
         if addRoute && configExists {
             do {
-                let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: config))
-                try handle.seekToEnd()
-                try handle.write(contentsOf: Data(lines.utf8))
-                try handle.close()
+                try appendText(lines, toFile: config)
             } catch {
-                throw fail(NewHandlerError("cannot append to \(config): \(error.localizedDescription)"))
+                throw fail(NewHandlerError("cannot append to \(config): \(describe(error))"))
             }
             print("added to \(config):\(lines)")
         } else {

@@ -1,6 +1,7 @@
 import ApusCompiler
+import ApusSystem
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 
 /// `apus python …`: what the `apus` Python package calls to turn a Swift file into an extension module.
 struct PythonCommand: AsyncParsableCommand {
@@ -48,11 +49,15 @@ struct PythonBuild: AsyncParsableCommand {
                 sdk: try HandlerSDK.locate(), logger: logger)
             let module = try await compiler.compilePythonModule(
                 source: source, target: PythonTarget(includeDirectory: pythonInclude, extensionSuffix: extensionSuffix))
-            let reply: [String: Any] = ["path": module.path, "cached": module.fromCache, "seconds": module.duration, "hash": module.hash]
-            let json = try JSONSerialization.data(withJSONObject: reply, options: [.sortedKeys, .withoutEscapingSlashes])
+            struct Reply: Encodable {
+                let path: String, cached: Bool, seconds: Double, hash: String
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            let json = try encoder.encode(Reply(path: module.path, cached: module.fromCache, seconds: module.duration, hash: module.hash))
             print(String(decoding: json, as: UTF8.self))
         } catch let error as CompileError {
-            FileHandle.standardError.write(Data("\(error.description)\n".utf8))
+            writeStandardError("\(error.description)\n")
             throw ExitCode(error.isMissingToolchain ? 3 : 1)
         } catch {
             throw fail(error)

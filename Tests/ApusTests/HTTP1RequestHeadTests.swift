@@ -1,3 +1,4 @@
+import ApusProxy
 import Testing
 
 @testable import ApusServer

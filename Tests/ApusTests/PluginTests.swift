@@ -1,6 +1,7 @@
 import ApusCompiler
 import ApusPlugins
 import Foundation
+import Logging
 import Synchronization
 import Testing
 

@@ -1,5 +1,6 @@
 @testable import ApusProxy
 @testable import ApusServer
+import Foundation
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1

@@ -1,5 +1,3 @@
-import Foundation
-
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -9,14 +7,15 @@ import Foundation
 /// signal mask, and the gateway's threads block SIGTERM/SIGINT (ServiceLifecycle
 /// handles them): a backend started that way never sees the SIGTERM meant to
 /// stop it.
-struct ChildProcess: Sendable {
-    let pid: pid_t
+public struct ChildProcess: Sendable {
+    /// The child's process id.
+    public let pid: pid_t
 
     /// Starts `argv[0]` (an absolute path) in `directory` with `environment`,
     /// writing its stdout and stderr into the given descriptors.
-    static func spawn(
+    public static func spawn(
         executable: String, arguments: [String], directory: String, environment: [String: String], stdout: Int32, stderr: Int32
-    ) throws -> ChildProcess {
+    ) throws(SystemError) -> ChildProcess {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -36,7 +35,7 @@ struct ChildProcess: Sendable {
         posix_spawn_file_actions_adddup2(&actions, stderr, 2)
         // glibc has had posix_spawn_file_actions_addchdir_np since 2.29; Swift's Glibc module does not show it.
         guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np") else {
-            throw SupervisorError(description: "this C library cannot set a child's working directory (glibc 2.29 or newer needed)")
+            throw SystemError(description: "this C library cannot set a child's working directory (glibc 2.29 or newer needed)")
         }
         typealias AddChdir = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
         _ = unsafeBitCast(symbol, to: AddChdir.self)(&actions, directory)
@@ -56,17 +55,17 @@ struct ChildProcess: Sendable {
         var pid = pid_t()
         let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
         guard result == 0 else {
-            throw SupervisorError(description: "cannot start \(executable): \(String(cString: strerror(result)))")
+            throw SystemError(description: "cannot start \(executable): \(String(cString: strerror(result)))")
         }
         return ChildProcess(pid: pid)
     }
 
     /// Waits for the child to exit, on a thread of its own; returns the exit status
     /// (or 128 + the signal number, as shells report it).
-    func wait() async -> Int32 {
+    public func wait() async -> Int32 {
         await withCheckedContinuation { continuation in
             let pid = self.pid
-            Thread.detachNewThread {
+            detachThread {
                 var status: Int32 = 0
                 while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
                 let signal = status & 0x7F
@@ -76,5 +75,30 @@ struct ChildProcess: Sendable {
     }
 
     /// Whether the child is still running (not yet reaped).
-    var isRunning: Bool { kill(pid, 0) == 0 }
+    public var isRunning: Bool { kill(pid, 0) == 0 }
+}
+
+/// A system call that failed (a program that could not be started, a file that could
+/// not be written), with what and why.
+public struct SystemError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong, for the user.
+    public let description: String
+}
+
+/// Runs `body` on a new detached thread: for the few blocking loops that must not hold
+/// an event loop or a Swift concurrency thread (waiting for a child, reading its output,
+/// watching files).
+public func detachThread(_ body: @escaping @Sendable () -> Void) {
+    final class Work {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    var thread = pthread_t()
+    let work = Unmanaged.passRetained(Work(body)).toOpaque()
+    let result = pthread_create(&thread, nil, { raw in
+        Unmanaged<Work>.fromOpaque(raw!).takeRetainedValue().body()
+        return nil
+    }, work)
+    precondition(result == 0, "cannot start a thread: \(String(cString: strerror(result)))")
+    pthread_detach(thread)
 }

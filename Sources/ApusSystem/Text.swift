@@ -1,0 +1,70 @@
+import FoundationEssentials
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Why a file or system call failed, as a user reads it: `No such file or directory`
+/// rather than FoundationEssentials' `CocoaError(code: …, userInfo: …)`. Callers name
+/// the file themselves.
+public func describe(_ error: any Error) -> String {
+    if let error = error as? CocoaError {
+        if let posix = error.underlying as? POSIXError { return String(cString: strerror(posix.code.rawValue)) }
+        if let underlying = error.underlying { return "\(underlying)" }
+        return "file error \(error.code.rawValue)"
+    }
+    if let error = error as? POSIXError { return String(cString: strerror(error.code.rawValue)) }
+    return "\(error)"
+}
+
+extension Double {
+    /// The value with exactly `places` decimals, rounded half away from zero: `1.50`
+    /// for `formatted(places: 2)` (what `String(format: "%.2f")` wrote).
+    public func formatted(places: Int) -> String {
+        guard isFinite else { return "\(self)" }
+        var scale = 1.0
+        for _ in 0..<places { scale *= 10 }
+        let scaled = (magnitude * scale).rounded()
+        guard scaled < 9e15 else { return "\(self)" }
+        let units = Int(scaled)
+        let divisor = Int(scale)
+        let whole = "\(sign == .minus && units != 0 ? "-" : "")\(units / divisor)"
+        guard places > 0 else { return whole }
+        let fraction = String(units % divisor)
+        return whole + "." + String(repeating: "0", count: places - fraction.count) + fraction
+    }
+}
+
+extension StringProtocol {
+    /// The text without leading and trailing spaces, tabs and line breaks.
+    public var trimmed: String {
+        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" }
+        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else { return "" }
+        return String(self[first...last])
+    }
+}
+
+/// Writes `text` to standard error, unbuffered (the messages a command ends with).
+public func writeStandardError(_ text: String) {
+    var bytes = Array(text.utf8)[...]
+    while !bytes.isEmpty {
+        let written = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        if written <= 0 { return }
+        bytes = bytes.dropFirst(written)
+    }
+}
+
+/// Appends `text` to the file at `path`, which must exist.
+public func appendText(_ text: String, toFile path: String) throws(SystemError) {
+    let descriptor = open(path, O_WRONLY | O_APPEND)
+    guard descriptor >= 0 else { throw SystemError(description: "\(path): \(String(cString: strerror(errno)))") }
+    defer { close(descriptor) }
+    var bytes = Array(text.utf8)[...]
+    while !bytes.isEmpty {
+        let written = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        guard written > 0 else { throw SystemError(description: "\(path): \(String(cString: strerror(errno)))") }
+        bytes = bytes.dropFirst(written)
+    }
+}
