@@ -18,6 +18,14 @@ let swiftSettings: [SwiftSetting] = [
     // (Xcode's default for release builds): about 10 % of each request's instructions.
     .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]
+// The gateway imports FoundationEssentials only (ApusSystem has the rest), but TOMLKit
+// imports Foundation for types that live in FoundationEssentials, and so names
+// libFoundation for the linker: loaded, it and its ICU and internationalisation parts
+// are 6.5 MiB of resident memory that nothing calls. The release build in bench/run.py
+// passes `-Xswiftc -Xfrontend -Xswiftc -disable-autolink-library -Xswiftc -Xfrontend
+// -Xswiftc Foundation` (and the same for FoundationInternationalization) to every module;
+// a flag here would reach only this package's. The Docker image links statically and so
+// takes from Foundation only what is used: nothing. Debug builds and the tests keep it.
 
 let package = Package(
     name: "apus",
