@@ -207,16 +207,7 @@ public final class BackendSupervisor: Service, Sendable {
             var buffer = [UInt8](repeating: 0, count: 16 * 1024)
             var pending: [UInt8] = []
             func emit(_ line: ArraySlice<UInt8>, addNewline: Bool) {
-                let out = prefix + line + (addNewline ? [UInt8(ascii: "\n")] : [])
-                out.withUnsafeBytes { raw in
-                    var offset = 0
-                    while offset < raw.count {
-                        let written = write(descriptor, raw.baseAddress! + offset, raw.count - offset)
-                        if written < 0 && errno == EINTR { continue }
-                        if written <= 0 { return }
-                        offset += written
-                    }
-                }
+                writeAll(prefix + line + (addNewline ? [UInt8(ascii: "\n")] : []), to: descriptor)
             }
             while true {
                 let count = buffer.withUnsafeMutableBytes { read(source, $0.baseAddress, $0.count) }

@@ -20,6 +20,7 @@ public func runProgram(_ executable: String, _ arguments: [String], workingDirec
     let output = mkstemp(&template)
     guard output >= 0 else { throw SystemError(description: "cannot create a file for \(executable)'s output: \(String(cString: strerror(errno)))") }
     let outputPath = String(cString: template)
+    _ = fcntl(output, F_SETFD, FD_CLOEXEC)  // only the child's dup2'ed copies cross into it
     defer {
         close(output)
         unlink(outputPath)

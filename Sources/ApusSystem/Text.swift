@@ -44,15 +44,23 @@ extension StringProtocol {
     }
 }
 
+/// Writes all of `bytes` to `descriptor`, again after a signal interrupts; false if the
+/// descriptor refused them (`errno` says why).
+@discardableResult
+public func writeAll(_ bytes: [UInt8], to descriptor: Int32) -> Bool {
+    var rest = bytes[...]
+    while !rest.isEmpty {
+        let written = rest.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        if written <= 0 { return false }
+        rest = rest.dropFirst(written)
+    }
+    return true
+}
+
 /// Writes `text` to standard error, unbuffered (the messages a command ends with).
 public func writeStandardError(_ text: String) {
-    var bytes = Array(text.utf8)[...]
-    while !bytes.isEmpty {
-        let written = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-        if written < 0 && errno == EINTR { continue }
-        if written <= 0 { return }
-        bytes = bytes.dropFirst(written)
-    }
+    writeAll(Array(text.utf8), to: 2)
 }
 
 /// Appends `text` to the file at `path`, which must exist.
@@ -60,11 +68,5 @@ public func appendText(_ text: String, toFile path: String) throws(SystemError) 
     let descriptor = open(path, O_WRONLY | O_APPEND)
     guard descriptor >= 0 else { throw SystemError(description: "\(path): \(String(cString: strerror(errno)))") }
     defer { close(descriptor) }
-    var bytes = Array(text.utf8)[...]
-    while !bytes.isEmpty {
-        let written = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-        if written < 0 && errno == EINTR { continue }
-        guard written > 0 else { throw SystemError(description: "\(path): \(String(cString: strerror(errno)))") }
-        bytes = bytes.dropFirst(written)
-    }
+    guard writeAll(Array(text.utf8), to: descriptor) else { throw SystemError(description: "\(path): \(String(cString: strerror(errno)))") }
 }
