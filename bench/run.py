@@ -33,10 +33,9 @@ import callgrind
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
-# The gateway's release build, as Docker/Dockerfile makes it: without SwiftNIO's
-# run-time exclusivity checks (see Package.swift).
-# The release build as Package.swift describes it: SwiftNIO without its run-time exclusivity
-# checks, and no libFoundation (TOMLKit names it for the linker, nothing calls into it).
+# The gateway's release build (see Package.swift): without SwiftNIO's run-time exclusivity
+# checks, as Docker/Dockerfile makes it, and without libFoundation, which TOMLKit names for
+# the linker and nothing calls (the Dockerfile's static build leaves it out by itself).
 RELEASE_BUILD = ["-c", "release", "--product", "apus", "-Xswiftc", "-enforce-exclusivity=unchecked",
                  *[flag for library in ["Foundation", "FoundationInternationalization"]
                    for flag in ["-Xswiftc", "-Xfrontend", "-Xswiftc", "-disable-autolink-library", "-Xswiftc", "-Xfrontend", "-Xswiftc", library]]]
