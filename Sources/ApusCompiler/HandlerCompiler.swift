@@ -379,8 +379,3 @@ extension HandlerCompiler {
         return folder
     }
 }
-
-func seconds(since start: ContinuousClock.Instant) -> Double {
-    let duration = ContinuousClock.now - start
-    return Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-}

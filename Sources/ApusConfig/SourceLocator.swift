@@ -1,3 +1,5 @@
+import ApusSystem
+
 /// Finds the line of a key in a TOML text. TOMLKit reports lines for syntax
 /// errors but not for values, so semantic errors (unknown key, wrong type) are
 /// located by this line scan over table headers and `key =` lines. It knows
@@ -51,7 +53,7 @@ struct SourceLocator {
 
     private static func clean(_ text: Substring) -> String {
         text.split(separator: ".").map {
-            $0.trimmingCharacters(in: " \t\"'")
+            $0.trimming(" \t\"'")
         }.joined(separator: ".")
     }
 
@@ -60,14 +62,5 @@ struct SourceLocator {
     func line(table: String, key: String?) -> Int? {
         if let key, let line = keyLines[KeyLine(table: table, key: key)] { return line }
         return tableLines[table]
-    }
-}
-
-extension Substring {
-    fileprivate func trimmingCharacters(in set: String) -> String {
-        var slice = self[...]
-        while let first = slice.first, set.contains(first) { slice = slice.dropFirst() }
-        while let last = slice.last, set.contains(last) { slice = slice.dropLast() }
-        return String(slice)
     }
 }

@@ -161,12 +161,10 @@ private final class AdminHandler: ChannelInboundHandler {
                 match: route.match, handler: route.handler, kind: route.kind, source: route.source, buildHash: route.buildHash,
                 loadedAt: Date(timeIntervalSince1970: route.loadedAt).ISO8601Format())
         }
-        return Self.encode(["routes": routes])
+        return Self.json(["routes": routes])
     }
 
-    private static func json(_ object: [String: String]) -> [UInt8] { encode(object) }
-
-    private static func encode(_ value: some Encodable) -> [UInt8] {
+    private static func json(_ value: some Encodable) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         encoder.keyEncodingStrategy = .convertToSnakeCase

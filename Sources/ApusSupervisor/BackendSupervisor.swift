@@ -184,11 +184,7 @@ public final class BackendSupervisor: Service, Sendable {
     /// Finds the backend program: on PATH first, then in a `.venv/bin` in the
     /// backend's folder or any folder above it, where a Python project keeps uvicorn.
     private func findExecutable(_ name: String) -> String? {
-        let path = (configuration.environment["PATH"] ?? ProcessInfo.processInfo.environment["PATH"]) ?? "/usr/bin:/bin"
-        for directory in path.split(separator: ":") {
-            let candidate = directory.hasPrefix("/") ? "\(directory)/\(name)" : "\(configuration.directory)/\(directory)/\(name)"
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        }
+        if let found = findOnPath(name, searchPath: configuration.environment["PATH"], relativeTo: configuration.directory) { return found }
         var folder = URL(fileURLWithPath: configuration.directory).standardizedFileURL
         while true {
             let candidate = folder.appendingPathComponent(".venv/bin/\(name)").path

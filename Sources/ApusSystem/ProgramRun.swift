@@ -19,7 +19,7 @@ public func runProgram(_ executable: String, _ arguments: [String], workingDirec
     var template = Array("\(FileManager.default.temporaryDirectory.path)/apus-run-XXXXXX".utf8CString)
     let output = mkstemp(&template)
     guard output >= 0 else { throw SystemError(description: "cannot create a file for \(executable)'s output: \(String(cString: strerror(errno)))") }
-    let outputPath = String(cString: template)
+    let outputPath = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     _ = fcntl(output, F_SETFD, FD_CLOEXEC)  // only the child's dup2'ed copies cross into it
     defer {
         close(output)
@@ -33,11 +33,12 @@ public func runProgram(_ executable: String, _ arguments: [String], workingDirec
     return ProgramResult(status: status, output: text)
 }
 
-/// Finds an executable by name on PATH.
-public func findOnPath(_ name: String) -> String? {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-    for directory in path.split(separator: ":") {
-        let candidate = "\(directory)/\(name)"
+/// Finds an executable by name on `searchPath` (this process's PATH unless given);
+/// relative entries count from `directory` (the working directory unless given).
+public func findOnPath(_ name: String, searchPath: String? = nil, relativeTo directory: String? = nil) -> String? {
+    let path = searchPath ?? ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    for entry in path.split(separator: ":") {
+        let candidate = entry.hasPrefix("/") || directory == nil ? "\(entry)/\(name)" : "\(directory!)/\(entry)/\(name)"
         if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
     }
     return nil

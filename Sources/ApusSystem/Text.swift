@@ -37,11 +37,21 @@ extension Double {
 
 extension StringProtocol {
     /// The text without leading and trailing spaces, tabs and line breaks.
-    public var trimmed: String {
-        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" }
-        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else { return "" }
-        return String(self[first...last])
+    public var trimmed: String { trimming(" \t\n\r") }
+
+    /// The text without leading and trailing characters found in `characters`.
+    public func trimming(_ characters: String) -> String {
+        var slice = self[...]
+        while let first = slice.first, characters.contains(first) { slice = slice.dropFirst() }
+        while let last = slice.last, characters.contains(last) { slice = slice.dropLast() }
+        return String(slice)
     }
+}
+
+/// Seconds since `start`, for the durations the gateway logs and reports.
+public func seconds(since start: ContinuousClock.Instant) -> Double {
+    let duration = ContinuousClock.now - start
+    return Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }
 
 /// Writes all of `bytes` to `descriptor`, again after a signal interrupts; false if the

@@ -146,8 +146,3 @@ actor GatewayReloader {
         return String(hash, radix: 16)
     }
 }
-
-func seconds(since start: ContinuousClock.Instant) -> Double {
-    let duration = ContinuousClock.now - start
-    return Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-}
