@@ -1,5 +1,6 @@
 import ApusConfig
 import ApusProxy
+import ApusSystem
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -18,6 +19,7 @@ public final class GatewayServer: Service, Sendable {
     private let tlsShared: GatewayShared
     private let certificates: [TLSCertificateStore]
     private let loops: [ObjectIdentifier: NIOLoopBound<LoopState>]
+    private let activities: [LoopActivity]
     private let logger: Logger
     private let bound: NIOLockedValueBox<[SocketAddress]> = NIOLockedValueBox([])
 
@@ -50,16 +52,22 @@ public final class GatewayServer: Service, Sendable {
             maxConnections: config.backend.maxConnectionsPerWorker,
             poolIdleTimeout: .seconds(config.backend.poolIdleTimeout))
         var loops: [ObjectIdentifier: NIOLoopBound<LoopState>] = [:]
+        var activities: [LoopActivity] = []
         for eventLoop in group.makeIterator() {
+            let activity = LoopActivity()
             // Each loop's state is created on that loop: its pool's timers belong there.
             let state = try eventLoop.submit {
                 NIOLoopBound(
-                    LoopState(eventLoop: eventLoop, pool: UpstreamPool(eventLoop: eventLoop, settings: settings, logger: logger), router: router),
+                    LoopState(
+                        eventLoop: eventLoop, pool: UpstreamPool(eventLoop: eventLoop, settings: settings, logger: logger), router: router,
+                        activity: activity),
                     eventLoop: eventLoop)
             }.wait()
             loops[ObjectIdentifier(eventLoop)] = state
+            activities.append(activity)
         }
         self.loops = loops
+        self.activities = activities
     }
 
     /// The socket address of a backend address.
@@ -168,6 +176,9 @@ public final class GatewayServer: Service, Sendable {
         }
         defer { reloader.cancel() }
 
+        let memoryReturner = Task { [activities, logger] in await Self.returnMemoryWhenIdle(activities, logger: logger) }
+        defer { memoryReturner.cancel() }
+
         // Serve until a shutdown signal (or cancellation) arrives.
         try? await gracefulShutdown()
 
@@ -188,6 +199,28 @@ public final class GatewayServer: Service, Sendable {
         for eventLoop in group.makeIterator() {
             guard let state = loops[ObjectIdentifier(eventLoop)] else { continue }
             try? await eventLoop.submit { state.value.pool.shutdown() }.get()
+        }
+    }
+
+    /// After a burst of load glibc keeps the freed memory in its arenas for reuse (a few
+    /// MiB); once no request has finished for two seconds, hand it back, so an idle
+    /// sidecar stays small. Once per quiet spell: nothing more is freed while nothing runs.
+    private static func returnMemoryWhenIdle(_ activities: [LoopActivity], logger: Logger) async {
+        var previous = -1
+        var returnedAt = -1
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(2))
+            let finished = activities.reduce(0) { $0 + $1.requestsFinished }
+            defer { previous = finished }
+            guard finished == previous, finished != returnedAt else { continue }
+            returnedAt = finished
+            let before = ProcessMemory.residentBytes()
+            guard ProcessMemory.releaseFreedMemory() else { return }
+            if let before, let after = ProcessMemory.residentBytes() {
+                logger.debug(
+                    "idle: returned freed memory to the system",
+                    metadata: ["memory.rss_before_kib": "\(before / 1024)", "memory.rss_after_kib": "\(after / 1024)"])
+            }
         }
     }
 

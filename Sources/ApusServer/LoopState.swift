@@ -1,6 +1,7 @@
 import ApusPlugins
 import ApusProxy
 import NIOCore
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -15,13 +16,16 @@ final class LoopState {
     var router: Router
     /// This loop's cache of request metric objects.
     let metrics = RequestMetrics()
+    /// How many requests this loop has finished, for the server's idle check.
+    let activity: LoopActivity
     private var random: SplitMix64
     private var cachedDate: (second: Int, value: String) = (-1, "")
 
-    init(eventLoop: any EventLoop, pool: UpstreamPool, router: Router) {
+    init(eventLoop: any EventLoop, pool: UpstreamPool, router: Router, activity: LoopActivity) {
         self.eventLoop = eventLoop
         self.pool = pool
         self.router = router
+        self.activity = activity
         var seed = SystemRandomNumberGenerator()
         random = SplitMix64(seed: seed.next())
     }
@@ -74,6 +78,19 @@ final class LoopState {
         cachedDate = (now, value)
         return value
     }
+}
+
+/// How many requests one event loop has finished. Only that loop writes it (a plain
+/// load and store, no locked add on the data path); the server's idle check reads it
+/// from another thread.
+final class LoopActivity: Sendable {
+    private let finished = Atomic<Int>(0)
+
+    func requestFinished() {
+        finished.store(finished.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+    }
+
+    var requestsFinished: Int { finished.load(ordering: .relaxed) }
 }
 
 /// Sebastiano Vigna's SplitMix64: fast, good enough for request ids (not for secrets).

@@ -1,12 +1,14 @@
 """Config errors, compile errors, supervision, graceful shutdown, logs, environment overrides."""
 
 import json
+import re
 import shutil
 import os
 import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -166,3 +168,33 @@ def test_access_log_off(gateway_factory, uvicorn_backend):
     httpx.get(f"{gateway.url}/hello/quiet", headers={"X-Request-ID": "quiet-1"})
     time.sleep(0.3)
     assert "quiet-1" not in gateway.log()
+
+
+def test_idle_gateway_returns_freed_memory_once_per_quiet_spell(gateway_factory, uvicorn_backend):
+    """glibc keeps what the data path freed; once no request has finished for two seconds,
+    the gateway hands it back: once per quiet spell, and again after new traffic."""
+    gateway = gateway_factory(f"unix:{uvicorn_backend.socket_path}", args=["--log-level", "debug"])
+    returned = "idle: returned freed memory to the system"
+
+    def load():
+        def client(_):
+            with httpx.Client(base_url=gateway.url, timeout=30) as http:
+                for _ in range(5):
+                    assert http.get("/download?size=1048576").status_code == 200
+                    assert http.get("/orderbook/ACME?n=200").status_code == 200
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(client, range(16)))
+
+    # Start-up's allocations settle first: one return once the gateway is quiet.
+    wait_for(lambda: gateway.log().count(returned) == 1, 15, f"a return after start:\n{gateway.log()}")
+    load()
+    wait_for(lambda: gateway.log().count(returned) == 2, 15, f"a return after the load:\n{gateway.log()}")
+    line = [entry for entry in gateway.log().splitlines() if returned in entry][-1]
+    before = int(re.search(r"memory.rss_before_kib=(\d+)", line).group(1))
+    after = int(re.search(r"memory.rss_after_kib=(\d+)", line).group(1))
+    assert 0 < after <= before, line
+    time.sleep(4.5)  # two more quiet checks: nothing new was freed, so nothing is returned
+    assert gateway.log().count(returned) == 2, gateway.log()
+    assert httpx.get(f"{gateway.url}/hello/again").status_code == 200
+    wait_for(lambda: gateway.log().count(returned) == 3, 15, f"a return after new traffic:\n{gateway.log()}")
