@@ -136,8 +136,9 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings,
-            // lld, with relative relocations packed (DT_RELR; glibc 2.36+, Debian 12): the table the
-            // loader applies at start shrinks from 1 MiB to 9 KiB, and with it what every process maps.
+            // lld (part of the Swift toolchain), with relative relocations packed (DT_RELR; glibc 2.36+,
+            // Debian 12): the table the loader applies at start shrinks from 1 MiB to 9 KiB, and with it
+            // what every process maps.
             linkerSettings: [.unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"], .when(platforms: [.linux]))]
         ),
         .testTarget(

@@ -155,9 +155,9 @@ public final class BackendSupervisor: Service, Sendable {
         // marked "[backend]". Close-on-exec: only the child's dup2'ed copies cross into it.
         var stdout: [Int32] = [-1, -1]
         var stderr: [Int32] = [-1, -1]
-        guard pipe(&stdout) == 0 else { throw SupervisorError(description: "cannot make a pipe for the backend's output: \(String(cString: strerror(errno)))") }
+        guard pipe(&stdout) == 0 else { throw SupervisorError(description: "cannot make a pipe for the backend's output: \(systemErrorText(errno))") }
         guard pipe(&stderr) == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = systemErrorText(errno)
             stdout.forEach { close($0) }
             throw SupervisorError(description: "cannot make a pipe for the backend's output: \(reason)")
         }

@@ -55,7 +55,7 @@ public struct ChildProcess: Sendable {
         var pid = pid_t()
         let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
         guard result == 0 else {
-            throw SystemError(description: "cannot start \(executable): \(String(cString: strerror(result)))")
+            throw SystemError(description: "cannot start \(executable): \(systemErrorText(result))")
         }
         return ChildProcess(pid: pid)
     }
@@ -99,6 +99,6 @@ public func detachThread(_ body: @escaping @Sendable () -> Void) {
         Unmanaged<Work>.fromOpaque(raw!).takeRetainedValue().body()
         return nil
     }, work)
-    precondition(result == 0, "cannot start a thread: \(String(cString: strerror(result)))")
+    precondition(result == 0, "cannot start a thread: \(systemErrorText(result))")
     pthread_detach(thread)
 }

@@ -18,7 +18,7 @@ public struct ProgramResult: Sendable {
 public func runProgram(_ executable: String, _ arguments: [String], workingDirectory: String? = nil) async throws(SystemError) -> ProgramResult {
     var template = Array("\(FileManager.default.temporaryDirectory.path)/apus-run-XXXXXX".utf8CString)
     let output = mkstemp(&template)
-    guard output >= 0 else { throw SystemError(description: "cannot create a file for \(executable)'s output: \(String(cString: strerror(errno)))") }
+    guard output >= 0 else { throw SystemError(description: "cannot create a file for \(executable)'s output: \(systemErrorText(errno))") }
     let outputPath = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     _ = fcntl(output, F_SETFD, FD_CLOEXEC)  // only the child's dup2'ed copies cross into it
     defer {

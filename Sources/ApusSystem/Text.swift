@@ -9,12 +9,17 @@ import FoundationEssentials
 /// the file themselves.
 public func describe(_ error: any Error) -> String {
     if let error = error as? CocoaError {
-        if let posix = error.underlying as? POSIXError { return String(cString: strerror(posix.code.rawValue)) }
+        if let posix = error.underlying as? POSIXError { return systemErrorText(posix.code.rawValue) }
         if let underlying = error.underlying { return "\(underlying)" }
         return "file error \(error.code.rawValue)"
     }
-    if let error = error as? POSIXError { return String(cString: strerror(error.code.rawValue)) }
+    if let error = error as? POSIXError { return systemErrorText(error.code.rawValue) }
     return "\(error)"
+}
+
+/// The C library's text for an `errno` value: `No such file or directory` for `ENOENT`.
+public func systemErrorText(_ code: Int32) -> String {
+    String(cString: strerror(code))
 }
 
 extension Double {
@@ -76,7 +81,7 @@ public func writeStandardError(_ text: String) {
 /// Appends `text` to the file at `path`, which must exist.
 public func appendText(_ text: String, toFile path: String) throws(SystemError) {
     let descriptor = open(path, O_WRONLY | O_APPEND)
-    guard descriptor >= 0 else { throw SystemError(description: "\(path): \(String(cString: strerror(errno)))") }
+    guard descriptor >= 0 else { throw SystemError(description: "\(path): \(systemErrorText(errno))") }
     defer { close(descriptor) }
-    guard writeAll(Array(text.utf8), to: descriptor) else { throw SystemError(description: "\(path): \(String(cString: strerror(errno)))") }
+    guard writeAll(Array(text.utf8), to: descriptor) else { throw SystemError(description: "\(path): \(systemErrorText(errno))") }
 }

@@ -24,7 +24,7 @@ final class FileWatcher: Sendable {
 
     init() throws {
         descriptor = inotify_init1(Int32(IN_CLOEXEC))
-        guard descriptor >= 0 else { throw WatchError(description: "inotify_init1 failed: \(String(cString: strerror(errno)))") }
+        guard descriptor >= 0 else { throw WatchError(description: "inotify_init1 failed: \(systemErrorText(errno))") }
     }
 
     /// Watches one folder (not its subfolders).
