@@ -299,17 +299,21 @@ def test_h2_response_ends_on_its_last_frame_and_streamed_bodies_are_not_held(gat
 
 def test_h2_responses_index_only_repeating_headers(gateway):
     # Per-response values (x-request-id, content-length) must not churn the client's
-    # HPACK dynamic table; repeating ones (content-type) are indexed once and reused.
+    # HPACK dynamic table; repeating ones (content-type, and date within its second)
+    # are indexed once and reused.
     sock, conn = h2_connection(gateway.port)
-    ids = set()
+    ids, dates = set(), set()
     for n in range(1, 6):
         response, body = h2_exchange(sock, conn, headers(f"/orderbook/ACME?n={n}", gateway.port))
         assert response[":status"] == "200" and len(body) == int(response["content-length"])
         ids.add(response["x-request-id"])
+        dates.add(response["date"])
     assert len(ids) == 5
     table = [(name.decode(), value.decode()) for name, value in conn.decoder.header_table.dynamic_entries]
     assert ("content-type", "application/json") in table, table
-    assert not any(name in ("x-request-id", "content-length", "date") for name, _ in table), table
+    assert not any(name in ("x-request-id", "content-length") for name, _ in table), table
+    # One entry per distinct date: a repeated date was sent as a reference, not added again.
+    assert sorted(value for name, value in table if name == "date") == sorted(dates), table
     sock.close()
 
 
