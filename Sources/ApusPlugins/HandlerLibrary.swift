@@ -282,43 +282,55 @@ public final class HandlerLibrary: Sendable {
     /// Calls the handler. `request` and `body` are borrowed for the call only;
     /// the module answers through `responder`, now or later, from any thread.
     public func invoke(_ request: NativeRequest, body: UnsafeRawBufferPointer, responder: NativeResponder) {
-        // Every string goes into one arena so that the C structs can point into it.
-        var arena: [UInt8] = []
-        arena.reserveCapacity(256)
-        func add(_ text: String) -> (Int, Int) {
-            let start = arena.count
-            arena.append(contentsOf: text.utf8)
-            return (start, arena.count - start)
-        }
-        let method = add(request.method)
-        let path = add(request.path)
-        let query = add(request.query)
-        let requestID = add(request.requestID)
-        let remote = add(request.remoteAddress)
-        let headerSpans = request.headers.map { (add($0.name), add($0.value)) }
-        let parameterSpans = request.parameters.map { (add($0.name), add($0.value)) }
-
-        arena.withUnsafeBufferPointer { bytes in
-            let base = UnsafeRawPointer(bytes.baseAddress)?.assumingMemoryBound(to: CChar.self)
-            func str(_ span: (Int, Int)) -> apus_type_str {
-                apus_type_str(data: base.map { $0 + span.0 }, length: span.1)
-            }
-            let headers = headerSpans.map { apus_type_header(name: str($0.0), value: str($0.1)) }
-            let parameters = parameterSpans.map { apus_type_header(name: str($0.0), value: str($0.1)) }
-            headers.withUnsafeBufferPointer { headerBuffer in
-                parameters.withUnsafeBufferPointer { parameterBuffer in
-                    var cRequest = apus_type_request(
-                        struct_size: UInt32(MemoryLayout<apus_type_request>.size),
-                        method: str(method), path: str(path), query: str(query),
-                        request_id: str(requestID), remote_address: str(remote),
-                        headers: headerBuffer.baseAddress, header_count: headerBuffer.count,
-                        params: parameterBuffer.baseAddress, param_count: parameterBuffer.count,
-                        body: body.baseAddress?.assumingMemoryBound(to: UInt8.self), body_length: body.count
-                    )
-                    invoke(borrowing: &cRequest, responder: responder)
+        // Every string is copied into one arena that the C structs point into. The arena and
+        // the field array are temporary allocations, on the stack when small (a request's
+        // usually are), so lending a request allocates nothing.
+        var byteCount =
+            request.method.utf8.count + request.path.utf8.count + request.query.utf8.count + request.requestID.utf8.count
+            + request.remoteAddress.utf8.count
+        for field in request.headers { byteCount += field.name.utf8.count + field.value.utf8.count }
+        for field in request.parameters { byteCount += field.name.utf8.count + field.value.utf8.count }
+        let fieldCount = request.headers.count + request.parameters.count
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(byteCount, 1)) { arena in
+            withUnsafeTemporaryAllocation(of: apus_type_header.self, capacity: max(fieldCount, 1)) { fields in
+                var offset = 0
+                let method = Self.copy(request.method, into: arena, at: &offset)
+                let path = Self.copy(request.path, into: arena, at: &offset)
+                let query = Self.copy(request.query, into: arena, at: &offset)
+                let requestID = Self.copy(request.requestID, into: arena, at: &offset)
+                let remote = Self.copy(request.remoteAddress, into: arena, at: &offset)
+                // Headers first, then the path parameters, in the one array.
+                for (index, field) in request.headers.enumerated() {
+                    let name = Self.copy(field.name, into: arena, at: &offset)
+                    let value = Self.copy(field.value, into: arena, at: &offset)
+                    (fields.baseAddress! + index).initialize(to: apus_type_header(name: name, value: value))
                 }
+                for (index, field) in request.parameters.enumerated() {
+                    let name = Self.copy(field.name, into: arena, at: &offset)
+                    let value = Self.copy(field.value, into: arena, at: &offset)
+                    (fields.baseAddress! + request.headers.count + index).initialize(to: apus_type_header(name: name, value: value))
+                }
+                var cRequest = apus_type_request(
+                    struct_size: UInt32(MemoryLayout<apus_type_request>.size),
+                    method: method, path: path, query: query, request_id: requestID, remote_address: remote,
+                    headers: fields.baseAddress, header_count: request.headers.count,
+                    params: fields.baseAddress! + request.headers.count, param_count: request.parameters.count,
+                    body: body.baseAddress?.assumingMemoryBound(to: UInt8.self), body_length: body.count
+                )
+                invoke(borrowing: &cRequest, responder: responder)
             }
         }
+    }
+
+    /// Copies `text` into `arena` at `offset` (moved past it) and points a C string at the copy.
+    private static func copy(_ text: String, into arena: UnsafeMutableBufferPointer<UInt8>, at offset: inout Int) -> apus_type_str {
+        var text = text  // `withUTF8` wants it mutable; a native string is not copied
+        let start = offset
+        offset += text.withUTF8 { utf8 in
+            UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(arena)[start...]).copyMemory(from: UnsafeRawBufferPointer(utf8))
+            return utf8.count
+        }
+        return apus_type_str(data: UnsafeRawPointer(arena.baseAddress! + start).assumingMemoryBound(to: CChar.self), length: offset - start)
     }
 }
 

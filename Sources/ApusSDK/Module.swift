@@ -133,21 +133,13 @@ private final class HandlerBox: @unchecked Sendable {
     /// (A function of its own with an `inout` offset, not a closure over a variable: the
     /// compiler then proves the accesses exclusive instead of checking them at run time.)
     private static func copy(_ text: String, into arena: UnsafeMutableBufferPointer<UInt8>, at offset: inout Int) -> apus_type_str {
+        var text = text  // `withUTF8` wants it mutable; a native string is not copied
         let start = offset
-        let copied: Void? = text.utf8.withContiguousStorageIfAvailable { utf8 in
-            UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(arena)[start...]).copyMemory(
-                from: UnsafeRawBufferPointer(utf8))
+        offset += text.withUTF8 { utf8 in
+            UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(arena)[start...]).copyMemory(from: UnsafeRawBufferPointer(utf8))
+            return utf8.count
         }
-        if copied == nil {
-            var index = start
-            for byte in text.utf8 {
-                arena[index] = byte
-                index += 1
-            }
-        }
-        offset = start + text.utf8.count
-        return apus_type_str(
-            data: UnsafeRawPointer(arena.baseAddress! + start).assumingMemoryBound(to: CChar.self), length: offset - start)
+        return apus_type_str(data: UnsafeRawPointer(arena.baseAddress! + start).assumingMemoryBound(to: CChar.self), length: offset - start)
     }
 }
 
