@@ -327,7 +327,8 @@ public final class HandlerLibrary: Sendable {
         var text = text  // `withUTF8` wants it mutable; a native string is not copied
         let start = offset
         offset += text.withUTF8 { utf8 in
-            UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(arena)[start...]).copyMemory(from: UnsafeRawBufferPointer(utf8))
+            let destination = UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(arena)[start...])
+            destination.copyMemory(from: UnsafeRawBufferPointer(utf8))
             return utf8.count
         }
         return apus_type_str(data: UnsafeRawPointer(arena.baseAddress! + start).assumingMemoryBound(to: CChar.self), length: offset - start)
