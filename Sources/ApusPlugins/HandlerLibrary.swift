@@ -300,25 +300,30 @@ public final class HandlerLibrary: Sendable {
                 let requestID = Self.copy(request.requestID, into: arena, at: &offset)
                 let remote = Self.copy(request.remoteAddress, into: arena, at: &offset)
                 // Headers first, then the path parameters, in the one array.
-                for (index, field) in request.headers.enumerated() {
-                    let name = Self.copy(field.name, into: arena, at: &offset)
-                    let value = Self.copy(field.value, into: arena, at: &offset)
-                    (fields.baseAddress! + index).initialize(to: apus_type_header(name: name, value: value))
-                }
-                for (index, field) in request.parameters.enumerated() {
-                    let name = Self.copy(field.name, into: arena, at: &offset)
-                    let value = Self.copy(field.value, into: arena, at: &offset)
-                    (fields.baseAddress! + request.headers.count + index).initialize(to: apus_type_header(name: name, value: value))
-                }
+                let parameters = fields.baseAddress! + request.headers.count
+                Self.copy(request.headers, to: fields.baseAddress!, arena: arena, at: &offset)
+                Self.copy(request.parameters, to: parameters, arena: arena, at: &offset)
                 var cRequest = apus_type_request(
                     struct_size: UInt32(MemoryLayout<apus_type_request>.size),
                     method: method, path: path, query: query, request_id: requestID, remote_address: remote,
                     headers: fields.baseAddress, header_count: request.headers.count,
-                    params: fields.baseAddress! + request.headers.count, param_count: request.parameters.count,
+                    params: parameters, param_count: request.parameters.count,
                     body: body.baseAddress?.assumingMemoryBound(to: UInt8.self), body_length: body.count
                 )
                 invoke(borrowing: &cRequest, responder: responder)
             }
+        }
+    }
+
+    /// Copies name-value pairs into `arena` at `offset` (moved past them) and lays out
+    /// C fields pointing at the copies from `destination` on.
+    private static func copy(
+        _ pairs: [(name: String, value: String)], to destination: UnsafeMutablePointer<apus_type_header>,
+        arena: UnsafeMutableBufferPointer<UInt8>, at offset: inout Int
+    ) {
+        for (index, pair) in pairs.enumerated() {
+            let name = copy(pair.name, into: arena, at: &offset)
+            (destination + index).initialize(to: apus_type_header(name: name, value: copy(pair.value, into: arena, at: &offset)))
         }
     }
 

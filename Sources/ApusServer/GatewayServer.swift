@@ -214,7 +214,8 @@ public final class GatewayServer: Service, Sendable {
             defer { previous = finished }
             guard finished == previous, finished != returnedAt else { continue }
             returnedAt = finished
-            let before = ProcessMemory.residentBytes()
+            // The RSS is read only for the debug line that reports it.
+            let before = logger.logLevel <= .debug ? ProcessMemory.residentBytes() : nil
             guard ProcessMemory.releaseFreedMemory() else { return }
             if let before, let after = ProcessMemory.residentBytes() {
                 logger.debug(
