@@ -36,9 +36,15 @@ QUICKSTART = ROOT / "examples" / "quickstart"
 # The gateway's release build (see Package.swift): without SwiftNIO's run-time exclusivity
 # checks, as Docker/Dockerfile makes it, and without libFoundation, which TOMLKit names for
 # the linker and nothing calls (the Dockerfile's static build leaves it out by itself).
+# Every function in a section of its own (Swift and C, as the Dockerfile too), so that the
+# linker's --gc-sections drops the unused functions of each module rather than keeping a
+# whole file's code for one of them: 1.1 MiB less code, 0.7 MiB less resident.
+# (`-Xfrontend -function-sections`: SwiftPM 6.3 crashes re-planning a build that passed the
+# driver's spelling, `-Xswiftc -function-sections`.)
 RELEASE_BUILD = ["-c", "release", "--product", "apus", "-Xswiftc", "-enforce-exclusivity=unchecked",
                  *[flag for library in ["Foundation", "FoundationInternationalization"]
-                   for flag in ["-Xswiftc", "-Xfrontend", "-Xswiftc", "-disable-autolink-library", "-Xswiftc", "-Xfrontend", "-Xswiftc", library]]]
+                   for flag in ["-Xswiftc", "-Xfrontend", "-Xswiftc", "-disable-autolink-library", "-Xswiftc", "-Xfrontend", "-Xswiftc", library]],
+                 "-Xswiftc", "-Xfrontend", "-Xswiftc", "-function-sections", "-Xcc", "-ffunction-sections"]
 VENV = ROOT / ".venv" / "bin"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
