@@ -38,9 +38,11 @@ QUICKSTART = ROOT / "examples" / "quickstart"
 # the linker and nothing calls (the Dockerfile's static build leaves it out by itself).
 # Every function in a section of its own (Swift and C, as the Dockerfile too), so that the
 # linker's --gc-sections drops the unused functions of each module rather than keeping a
-# whole file's code for one of them: 1.1 MiB less code, 0.7 MiB less resident.
-# (`-Xfrontend -function-sections`: SwiftPM 6.3 crashes re-planning a build that passed the
-# driver's spelling, `-Xswiftc -function-sections`.)
+# whole file's code for one of them: 1.1 MiB less code, about 0.5 MiB less resident after
+# start (bench/README.md). (`-Xfrontend -function-sections`: SwiftPM 6.3 crashes re-planning
+# a build that passed the driver's spelling, `-Xswiftc -function-sections`.) SwiftPM does not
+# recompile Swift modules it has built when only these flags change: after changing them,
+# remove .build/release once.
 RELEASE_BUILD = ["-c", "release", "--product", "apus", "-Xswiftc", "-enforce-exclusivity=unchecked",
                  *[flag for library in ["Foundation", "FoundationInternationalization"]
                    for flag in ["-Xswiftc", "-Xfrontend", "-Xswiftc", "-disable-autolink-library", "-Xswiftc", "-Xfrontend", "-Xswiftc", library]],
