@@ -55,6 +55,32 @@ public struct NormalizedPath: Sendable, Equatable {
         self.segments = segments
     }
 
+    /// Whether a raw path is already in normal form, so it can be routed as it is:
+    /// no escape, NUL, repeated slash, or `.` or `..` segment. (A trailing slash is
+    /// kept: it is part of the normal form.)
+    @inlinable
+    public static func isCanonical(_ path: UnsafeRawBufferPointer) -> Bool {
+        var previous: UInt8 = 0
+        var segmentStart = true
+        var dots = 0
+        for byte in path {
+            switch byte {
+            case UInt8(ascii: "%"), 0: return false
+            case UInt8(ascii: "/"):
+                if previous == UInt8(ascii: "/") || (segmentStart && dots > 0 && dots <= 2) { return false }
+                segmentStart = true
+                dots = 0
+            case UInt8(ascii: "."):
+                if segmentStart { dots += 1 }
+            default:
+                segmentStart = false
+                dots = 0
+            }
+            previous = byte
+        }
+        return !(segmentStart && dots > 0 && dots <= 2)
+    }
+
     private static func percentDecode(_ raw: Substring.UTF8View.SubSequence) throws(PathError) -> String {
         if let plain = try plainSegment(raw) { return plain }
         var bytes: [UInt8] = []

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The native route table: built once at load into a segment tree, so a lookup
 /// walks the path's segments with no regex and no allocation beyond the
 /// captured parameters. Literal segments win over `{name}`, which wins over
@@ -37,22 +41,29 @@ public struct RouteTable<Target: Sendable>: Sendable {
     /// Whether no route is configured (every request goes to the backend).
     public var isEmpty: Bool { targets.isEmpty }
 
-    /// Finds an all-literal route for a path that is already in normal form (no
-    /// escapes, dot segments, repeated or trailing slashes): one hash lookup, no
-    /// allocation. `nil` means "ask `match`", not "no route": the answer is always
-    /// the one `match` would give, because literal segments win there too.
-    @inlinable
-    public func matchLiteral(method: String, normalPath: String) -> Match? {
-        guard let entry = index.literalEntry(method: method, normalPath: normalPath) else { return nil }
-        return Match(target: targets[entry], pattern: index.patterns[entry], parameters: [])
+    /// What `quickMatch` found.
+    public enum QuickMatch {
+        /// The route, found with one lookup: an all-literal route for a path in normal form.
+        case route(Match)
+        /// No route can match: the path is in normal form and no route's first segment fits it.
+        case noRoute
+        /// Ask `match` (with a `NormalizedPath`): the path needs normalising, or a route with parameters may match.
+        case ask
     }
 
-    /// Whether any route could match a path already in normal form, judged by its
-    /// first segment alone. `false` means none can (the usual answer for a path
-    /// the backend serves, found with one small lookup and no `NormalizedPath`);
-    /// `true` means "ask `matchLiteral` and `match`".
+    /// Routes a request from its raw bytes when that takes no more than a hash
+    /// lookup: a path already in normal form (no escapes, dot segments, repeated
+    /// slashes) that names an all-literal route, or whose first segment no route
+    /// has (the usual answer for a path the backend serves). Nothing is allocated
+    /// or decoded; the answer is always the one `match` would give, or `.ask`.
     @inlinable
-    public func mayMatch(normalPath: String) -> Bool { index.mayMatch(normalPath: normalPath) }
+    public func quickMatch(method: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer) -> QuickMatch {
+        guard NormalizedPath.isCanonical(path) else { return .ask }
+        if let entry = index.literalEntry(method: method, normalPath: path) {
+            return .route(Match(target: targets[entry], pattern: index.patterns[entry], parameters: []))
+        }
+        return index.mayMatch(normalPath: path) ? .ask : .noRoute
+    }
 
     /// Finds the route for a method and a normalised path.
     @inlinable
@@ -66,11 +77,13 @@ public struct RouteTable<Target: Sendable>: Sendable {
 @usableFromInline
 final class RouteIndex: Sendable {
     let root = RouteNode()
-    /// The tree node of every all-literal pattern, by its path text (`/health`):
-    /// a request path already in normal form finds such a route with one lookup.
-    let literalPaths: [ASCIIKey: RouteNode]
+    /// Every all-literal pattern's path text (`/health`), and by the same index the
+    /// methods routed there: a request path already in normal form finds such a
+    /// route with one lookup over its bytes.
+    let literalPaths: ByteStringSet
+    let literalMethods: [LiteralMethods]
     /// The literal first segments of all routes (`health` for `/health`), for `mayMatch`.
-    let firstSegments: Set<ASCIIKey>
+    let firstSegments: ByteStringSet
     /// Whether any first segment may match: a `{name}` or `{name...}` route sits
     /// there, or a literal one that is not ASCII.
     let anyFirstSegmentMayMatch: Bool
@@ -78,7 +91,7 @@ final class RouteIndex: Sendable {
 
     init(_ patterns: [RoutePattern]) throws(RouteConflictError) {
         self.patterns = patterns
-        var literalPaths: [ASCIIKey: RouteNode] = [:]
+        var literalNodes: [(path: [UInt8], node: RouteNode)] = []
         for (index, pattern) in patterns.enumerated() {
             var node = root
             for segment in pattern.segments {
@@ -109,8 +122,9 @@ final class RouteIndex: Sendable {
                 if case .literal(let text) = segment { return text }
                 return nil
             }
-            if literals.count == pattern.segments.count, let key = ASCIIKey(("/" + literals.joined(separator: "/"))[...]) {
-                literalPaths[key] = node
+            let path = Array(("/" + literals.joined(separator: "/")).utf8)
+            if literals.count == pattern.segments.count, path.allSatisfy({ $0 < 0x80 }), !literalNodes.contains(where: { $0.node === node }) {
+                literalNodes.append((path, node))
             }
             if let method = pattern.method {
                 if let existing = node.entry(exactly: method) {
@@ -122,10 +136,12 @@ final class RouteIndex: Sendable {
                 node.anyMethod = index
             }
         }
-        self.literalPaths = literalPaths
-        let firstKeys = root.literals.keys.map { ASCIIKey($0[...]) }
-        firstSegments = Set(firstKeys.compactMap { $0 })
-        anyFirstSegmentMayMatch = root.parameter != nil || root.catchAll != nil || firstKeys.contains { $0 == nil }
+        literalPaths = ByteStringSet(literalNodes.map(\.path))
+        literalMethods = literalNodes.map { LiteralMethods($0.node) }
+        let firstKeys = root.literals.keys.map { Array($0.utf8) }
+        let asciiFirstKeys = firstKeys.filter { $0.allSatisfy { $0 < 0x80 } }
+        firstSegments = ByteStringSet(asciiFirstKeys)
+        anyFirstSegmentMayMatch = root.parameter != nil || root.catchAll != nil || asciiFirstKeys.count < firstKeys.count
     }
 
     private static func owner(of node: RouteNode, _ patterns: [RoutePattern]) -> RoutePattern {
@@ -133,20 +149,19 @@ final class RouteIndex: Sendable {
     }
 
     @usableFromInline
-    func literalEntry(method: String, normalPath: String) -> Int? {
-        guard let key = ASCIIKey(normalPath[...]), let node = literalPaths[key] else { return nil }
-        return node.entry(method)
+    func literalEntry(method: UnsafeRawBufferPointer, normalPath: UnsafeRawBufferPointer) -> Int? {
+        guard let path = literalPaths.index(of: normalPath), let method = MethodKey(method) else { return nil }
+        return literalMethods[path].entry(method)
     }
 
     @usableFromInline
-    func mayMatch(normalPath: String) -> Bool {
-        let utf8 = normalPath.utf8
-        guard !anyFirstSegmentMayMatch, utf8.first == UInt8(ascii: "/") else { return true }
-        let segmentStart = utf8.index(after: utf8.startIndex)
-        let segmentEnd = utf8[segmentStart...].firstIndex(of: UInt8(ascii: "/")) ?? utf8.endIndex
-        guard segmentStart < segmentEnd else { return true }  // `/` itself
-        guard let key = ASCIIKey(Substring(utf8[segmentStart..<segmentEnd])) else { return true }
-        return firstSegments.contains(key)
+    func mayMatch(normalPath: UnsafeRawBufferPointer) -> Bool {
+        guard !anyFirstSegmentMayMatch, normalPath.first == UInt8(ascii: "/") else { return true }
+        let rest = UnsafeRawBufferPointer(rebasing: normalPath[1...])
+        let segment = UnsafeRawBufferPointer(rebasing: rest[..<(rest.firstIndex(of: UInt8(ascii: "/")) ?? rest.endIndex)])
+        guard !segment.isEmpty else { return true }  // `/` itself
+        // A segment that is not ASCII is no key here, and may still name a route.
+        return firstSegments.index(of: segment) != nil || segment.contains { $0 >= 0x80 }
     }
 
     @usableFromInline
@@ -156,42 +171,111 @@ final class RouteIndex: Sendable {
     }
 }
 
-/// An ASCII path or segment as a dictionary key, hashed with FNV-1a over its
-/// bytes and compared byte for byte: Swift's `String` hashing (SipHash over the
-/// Unicode-normalised text) cost more than the rest of routing a request. Only
-/// ASCII text has a key, so byte equality is the same as `String` equality.
-struct ASCIIKey: Hashable {
-    let text: Substring
-    let hash: UInt64
-
-    init?(_ text: Substring) {
-        // Over contiguous bytes (a native string's): iterating `Substring.UTF8View`
-        // index by index cost several times as much.
-        let hash = text.utf8.withContiguousStorageIfAvailable(Self.hash) ?? Self.hash(text.utf8)
-        guard let hash else { return nil }
-        self.text = text
-        self.hash = hash
+/// A fixed set of ASCII byte strings, looked up by raw bytes: FNV-1a over the
+/// bytes, open addressing, and one `memcmp`. The slots hold only integers, so a
+/// lookup retains nothing; Swift's `String` hashing (SipHash over the
+/// Unicode-normalised text) and the `String`s made for it cost more than the
+/// rest of routing a request.
+@usableFromInline
+struct ByteStringSet: Sendable {
+    private struct Slot {
+        var hash: UInt64 = 0
+        var start = 0
+        var count = 0
+        /// The key's position in the list the set was built from; -1 for an empty slot.
+        var index = -1
     }
 
-    /// FNV-1a over the bytes; `nil` when one is not ASCII.
-    private static func hash(_ bytes: some Sequence<UInt8>) -> UInt64? {
-        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
-        for byte in bytes {
-            guard byte < 0x80 else { return nil }
-            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+    private let slots: [Slot]
+    private let storage: [UInt8]
+
+    /// `keys` must be distinct; `index(of:)` answers with a key's position here.
+    init(_ keys: [[UInt8]]) {
+        var capacity = 4
+        while capacity < keys.count * 2 { capacity *= 2 }
+        var slots = [Slot](repeating: Slot(), count: capacity)
+        var storage: [UInt8] = []
+        for (index, key) in keys.enumerated() {
+            let hash = key.withUnsafeBytes(Self.hash)
+            var slot = Int(truncatingIfNeeded: hash) & (capacity - 1)
+            while slots[slot].index >= 0 { slot = (slot + 1) & (capacity - 1) }
+            slots[slot] = Slot(hash: hash, start: storage.count, count: key.count, index: index)
+            storage += key
         }
+        self.slots = slots
+        self.storage = storage
+    }
+
+    /// Where `key` was in the list the set was built from, or `nil`.
+    func index(of key: UnsafeRawBufferPointer) -> Int? {
+        let hash = Self.hash(key)
+        let mask = slots.count - 1
+        var position = Int(truncatingIfNeeded: hash) & mask
+        while true {
+            let slot = slots[position]
+            if slot.index < 0 { return nil }
+            if slot.hash == hash, slot.count == key.count, equalsStored(key, at: slot.start) { return slot.index }
+            position = (position + 1) & mask
+        }
+    }
+
+    private func equalsStored(_ key: UnsafeRawBufferPointer, at start: Int) -> Bool {
+        storage.withUnsafeBytes { stored in
+            key.isEmpty || memcmp(stored.baseAddress! + start, key.baseAddress!, key.count) == 0
+        }
+    }
+
+    private static func hash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+        for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
         return hash
     }
+}
 
-    static func == (lhs: ASCIIKey, rhs: ASCIIKey) -> Bool {
-        guard lhs.hash == rhs.hash else { return false }
-        let equal = lhs.text.utf8.withContiguousStorageIfAvailable { left in
-            rhs.text.utf8.withContiguousStorageIfAvailable { right in left.elementsEqual(right) }
-        }
-        return (equal ?? nil) ?? lhs.text.utf8.elementsEqual(rhs.text.utf8)
+/// A method name of up to eight bytes packed into an integer, so comparing two is one instruction.
+struct MethodKey: Equatable {
+    let packed: UInt64
+
+    /// `nil` when the name is empty or longer than eight bytes (the tree compares such names as text).
+    init?(_ bytes: UnsafeRawBufferPointer) {
+        guard !bytes.isEmpty, bytes.count <= 8 else { return nil }
+        var packed: UInt64 = 0
+        for (offset, byte) in bytes.enumerated() { packed |= UInt64(byte) << UInt64(offset * 8) }
+        self.packed = packed
     }
 
-    func hash(into hasher: inout Hasher) { hasher.combine(hash) }
+    init?(_ text: String) {
+        guard let key = Array(text.utf8).withUnsafeBytes({ MethodKey($0) }) else { return nil }
+        self = key
+    }
+
+    static let get = MethodKey("GET")!
+    static let head = MethodKey("HEAD")!
+}
+
+/// The methods routed to one all-literal path, as `RouteNode.entry` chooses among them.
+struct LiteralMethods {
+    private let exact: [(method: MethodKey, entry: Int)]
+    /// Routes for methods longer than eight bytes are left out: only requests with such
+    /// methods, which `MethodKey` does not pack, could match them, and those go to the tree.
+    private let anyMethod: Int?
+
+    init(_ node: RouteNode) {
+        exact = node.byMethod.compactMap { route in MethodKey(route.method).map { ($0, route.entry) } }
+        anyMethod = node.anyMethod
+    }
+
+    /// The same choice as `RouteNode.entry`: the method's own route, `GET`'s for `HEAD`, or the any-method route.
+    func entry(_ method: MethodKey) -> Int? {
+        if let entry = entry(exactly: method) { return entry }
+        if method == .head, let entry = entry(exactly: .get) { return entry }
+        return anyMethod
+    }
+
+    private func entry(exactly method: MethodKey) -> Int? {
+        for route in exact where route.method == method { return route.entry }
+        return nil
+    }
 }
 
 /// One segment position in the route tree.

@@ -391,21 +391,35 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let uri = head.uri.utf8
         let queryStart = uri.firstIndex(of: UInt8(ascii: "?"))
         let rawPath = Substring(head.uri.utf8[..<(queryStart ?? uri.endIndex)])
-        let path: NormalizedPath
-        do {
-            path = try NormalizedPath(rawPath)
-        } catch {
-            if head.method == .OPTIONS && rawPath == "*" {
-                // `OPTIONS *` is about the server as a whole: the backend's to answer.
-                startProxy(head, context: context)
+        let router = loop.router
+        // A path in normal form is routed as it is (and is a valid one); others are normalised first.
+        let found: RouteTable<NativeRoute>.Match?
+        let pathText: String
+        switch Self.quickRoute(method: head.method.rawValue, rawPath: rawPath, table: router.table) {
+        case .noRoute:
+            found = nil
+            pathText = ""
+        case .route(let match):
+            found = match
+            pathText = String(rawPath)
+        case .ask:
+            let path: NormalizedPath
+            do {
+                path = try NormalizedPath(rawPath)
+            } catch {
+                if head.method == .OPTIONS && rawPath == "*" {
+                    // `OPTIONS *` is about the server as a whole: the backend's to answer.
+                    startProxy(head, context: context)
+                    return
+                }
+                refuseUnrouted(.badRequest, "bad request target: \(error)", context: context)
                 return
             }
-            refuseUnrouted(.badRequest, "bad request target: \(error)", context: context)
-            return
+            found = router.table.isEmpty ? nil : router.table.match(method: head.method.rawValue, path: path)
+            pathText = found == nil ? "" : path.text
         }
 
-        let router = loop.router
-        if !router.table.isEmpty, let match = router.table.match(method: head.method.rawValue, path: path) {
+        if let match = found {
             info?.kind = "native"
             info?.route = match.pattern.description
             let limit = match.target.maxBodyBytes
@@ -415,12 +429,25 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             let query = queryStart.map { String(Substring(head.uri.utf8[uri.index(after: $0)...])) } ?? ""
             state = .native(
-                NativeCall(route: match.target, parameters: match.parameters, path: path.text, query: query, body: nil))
+                NativeCall(route: match.target, parameters: match.parameters, path: pathText, query: query, body: nil))
             sendContinueIfExpected(head, context: context)
             nativeHeaders = head.headers
             return
         }
         startProxy(head, context: context)
+    }
+
+    /// `RouteTable.quickMatch` over the head's text; with no native routes, `.noRoute`
+    /// for any path already in normal form (which is also a valid one).
+    private static func quickRoute(method: String, rawPath: Substring, table: RouteTable<NativeRoute>) -> RouteTable<NativeRoute>.QuickMatch {
+        let answer = rawPath.utf8.withContiguousStorageIfAvailable { path -> RouteTable<NativeRoute>.QuickMatch in
+            let path = UnsafeRawBufferPointer(path)
+            if table.isEmpty {
+                return path.first == UInt8(ascii: "/") && NormalizedPath.isCanonical(path) ? .noRoute : .ask
+            }
+            return method.utf8.withContiguousStorageIfAvailable { table.quickMatch(method: UnsafeRawBufferPointer($0), path: path) } ?? .ask
+        }
+        return answer ?? .ask
     }
 
     private var nativeHeaders = HTTPHeaders()

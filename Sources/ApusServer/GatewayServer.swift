@@ -19,7 +19,8 @@ public final class GatewayServer: Service, Sendable {
     private let tlsShared: GatewayShared
     private let certificates: [TLSCertificateStore]
     private let loops: [ObjectIdentifier: NIOLoopBound<LoopState>]
-    private let activities: [LoopActivity]
+    /// Each loop's request metrics, read by scrapes and the idle check.
+    private let stats: [LoopRequestStats]
     private let logger: Logger
     private let bound: NIOLockedValueBox<[SocketAddress]> = NIOLockedValueBox([])
 
@@ -52,22 +53,27 @@ public final class GatewayServer: Service, Sendable {
             maxConnections: config.backend.maxConnectionsPerWorker,
             poolIdleTimeout: .seconds(config.backend.poolIdleTimeout))
         var loops: [ObjectIdentifier: NIOLoopBound<LoopState>] = [:]
-        var activities: [LoopActivity] = []
+        var allStats: [LoopRequestStats] = []
         for eventLoop in group.makeIterator() {
-            let activity = LoopActivity()
+            let stats = LoopRequestStats()
             // Each loop's state is created on that loop: its pool's timers belong there.
             let state = try eventLoop.submit {
                 NIOLoopBound(
                     LoopState(
                         eventLoop: eventLoop, pool: UpstreamPool(eventLoop: eventLoop, settings: settings, logger: logger), router: router,
-                        activity: activity),
+                        stats: stats),
                     eventLoop: eventLoop)
             }.wait()
             loops[ObjectIdentifier(eventLoop)] = state
-            activities.append(activity)
+            allStats.append(stats)
         }
         self.loops = loops
-        self.activities = activities
+        self.stats = allStats
+    }
+
+    /// Appends the request metrics (`RequestMetrics`), summed over the event loops, as Prometheus text.
+    public func emitRequestMetrics(into buffer: inout [UInt8]) {
+        RequestMetricsText.render(stats, into: &buffer)
     }
 
     /// The socket address of a backend address.
@@ -176,7 +182,7 @@ public final class GatewayServer: Service, Sendable {
         }
         defer { reloader.cancel() }
 
-        let memoryReturner = Task { [activities, logger] in await Self.returnMemoryWhenIdle(activities, logger: logger) }
+        let memoryReturner = Task { [stats, logger] in await Self.returnMemoryWhenIdle(stats, logger: logger) }
         defer { memoryReturner.cancel() }
 
         // Serve until a shutdown signal (or cancellation) arrives.
@@ -205,12 +211,12 @@ public final class GatewayServer: Service, Sendable {
     /// After a burst of load glibc keeps the freed memory in its arenas for reuse (a few
     /// MiB); once no request has finished for two seconds, hand it back, so an idle
     /// sidecar stays small. Once per quiet spell: nothing more is freed while nothing runs.
-    private static func returnMemoryWhenIdle(_ activities: [LoopActivity], logger: Logger) async {
+    private static func returnMemoryWhenIdle(_ stats: [LoopRequestStats], logger: Logger) async {
         var previous = -1
         var returnedAt = -1
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(2))
-            let finished = activities.reduce(0) { $0 + $1.requestsFinished }
+            let finished = stats.reduce(0) { $0 + $1.requestsFinished }
             defer { previous = finished }
             guard finished == previous, finished != returnedAt else { continue }
             returnedAt = finished

@@ -7,6 +7,10 @@ import Logging
 import NIOCore
 import NIOHTTP1
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The front of every HTTP/1.1 connection, right after the socket (or TLS):
 /// it frames requests itself, answers those for native routes directly from
 /// the received bytes, and gives every other request to the `GatewayHandler`
@@ -394,23 +398,28 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let router = loop.router
         guard !router.table.isEmpty, !head.expects else { return .gatewayDecides }
         return pending.withUnsafeReadableBytes { bytes -> Routing in
-            let method = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[head.method]), as: UTF8.self)
+            let methodBytes = UnsafeRawBufferPointer(rebasing: bytes[head.method])
             let target = UnsafeRawBufferPointer(rebasing: bytes[head.target])
             let queryOffset = target.firstIndex(of: UInt8(ascii: "?"))
-            let rawPath = String(decoding: UnsafeRawBufferPointer(rebasing: target[..<(queryOffset ?? target.count)]), as: UTF8.self)
-            let canonical = isCanonical(rawPath)
+            let rawPathBytes = UnsafeRawBufferPointer(rebasing: target[..<(queryOffset ?? target.count)])
             let match: RouteTable<NativeRoute>.Match
             let path: String
-            if canonical, let literal = router.table.matchLiteral(method: method, normalPath: rawPath) {
-                match = literal
-                path = rawPath
-            } else if canonical && !router.table.mayMatch(normalPath: rawPath) {
+            let method: String
+            // Strings are made only for a native route, or when the path must be normalised first.
+            switch router.table.quickMatch(method: methodBytes, path: rawPathBytes) {
+            case .noRoute:
                 return .noNativeRoute
-            } else {
+            case .route(let literal):
+                match = literal
+                path = String(decoding: rawPathBytes, as: UTF8.self)
+                method = methodText(methodBytes)
+            case .ask:
+                method = methodText(methodBytes)
+                let rawPath = String(decoding: rawPathBytes, as: UTF8.self)
                 guard let normalized = try? NormalizedPath(Substring(rawPath)) else { return .gatewayDecides }
                 guard let found = router.table.match(method: method, path: normalized) else { return .noNativeRoute }
                 match = found
-                path = canonical ? rawPath : normalized.text
+                path = NormalizedPath.isCanonical(rawPathBytes) ? rawPath : normalized.text
             }
             guard match.target.library.kind != .blocking, head.contentLength <= match.target.maxBodyBytes else {
                 return .gatewayDecides
@@ -616,26 +625,18 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
 /// Whether a raw path is already in normal form (no escapes, NUL, dot segments
 /// or repeated slashes), so it can be used as it is.
-private func isCanonical(_ path: String) -> Bool {
-    var previous: UInt8 = 0
-    var segmentStart = true
-    var dots = 0
-    for byte in path.utf8 {
-        switch byte {
-        case UInt8(ascii: "%"), 0: return false
-        case UInt8(ascii: "/"):
-            if previous == UInt8(ascii: "/") || (segmentStart && dots > 0 && dots <= 2) { return false }
-            segmentStart = true
-            dots = 0
-        case UInt8(ascii: "."):
-            if segmentStart { dots += 1 }
-        default:
-            segmentStart = false
-            dots = 0
-        }
-        previous = byte
+/// A request method as text: the standard ones without decoding (they are string literals).
+private func methodText(_ bytes: UnsafeRawBufferPointer) -> String {
+    func equals(_ name: StaticString) -> Bool {
+        bytes.count == name.utf8CodeUnitCount && memcmp(bytes.baseAddress!, name.utf8Start, bytes.count) == 0
     }
-    return !(segmentStart && dots > 0 && dots <= 2)
+    if equals("GET") { return "GET" }
+    if equals("POST") { return "POST" }
+    if equals("HEAD") { return "HEAD" }
+    if equals("PUT") { return "PUT" }
+    if equals("DELETE") { return "DELETE" }
+    if equals("PATCH") { return "PATCH" }
+    return String(decoding: bytes, as: UTF8.self)
 }
 
 /// Lends three strings as `apus_type_str` for the duration of `body`.

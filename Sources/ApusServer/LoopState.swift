@@ -8,24 +8,22 @@ import Synchronization
 #endif
 
 /// Everything one event loop owns: its backend pool, its view of the routes, a
-/// request-id generator and a cached `Date` header. Touched only on its loop,
+/// request-id generator, a cached `Date` header, and its request metrics. Touched only on its loop,
 /// so none of it needs a lock.
 final class LoopState {
     let eventLoop: any EventLoop
     let pool: UpstreamPool
     var router: Router
-    /// This loop's cache of request metric objects.
-    let metrics = RequestMetrics()
-    /// How many requests this loop has finished, for the server's idle check.
-    let activity: LoopActivity
+    /// This loop's request metrics.
+    let metrics: RequestMetrics
     private var random: SplitMix64
     private var cachedDate: (second: Int, value: String) = (-1, "")
 
-    init(eventLoop: any EventLoop, pool: UpstreamPool, router: Router, activity: LoopActivity) {
+    init(eventLoop: any EventLoop, pool: UpstreamPool, router: Router, stats: LoopRequestStats) {
         self.eventLoop = eventLoop
         self.pool = pool
         self.router = router
-        self.activity = activity
+        self.metrics = RequestMetrics(stats: stats)
         var seed = SystemRandomNumberGenerator()
         random = SplitMix64(seed: seed.next())
     }
@@ -78,19 +76,6 @@ final class LoopState {
         cachedDate = (now, value)
         return value
     }
-}
-
-/// How many requests one event loop has finished. Only that loop writes it (a plain
-/// load and store, no locked add on the data path); the server's idle check reads it
-/// from another thread.
-final class LoopActivity: Sendable {
-    private let finished = Atomic<Int>(0)
-
-    func requestFinished() {
-        finished.store(finished.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
-    }
-
-    var requestsFinished: Int { finished.load(ordering: .relaxed) }
 }
 
 /// Sebastiano Vigna's SplitMix64: fast, good enough for request ids (not for secrets).

@@ -11,7 +11,6 @@ extension GatewayShared {
         bytesOut: Int
     ) {
         let elapsed = NIODeadline.now() - started
-        loop.activity.requestFinished()
         loop.metrics.record(
             route: route, method: method, status: status, kind: kind, nanoseconds: elapsed.nanoseconds,
             upstreamNanoseconds: upstreamSeconds.map { Int64($0 * 1e9) }, bytesIn: bytesIn, bytesOut: bytesOut)

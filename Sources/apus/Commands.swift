@@ -146,6 +146,7 @@ struct Serve: AsyncParsableCommand {
                     metricsText: {
                         var text: [UInt8] = []
                         registry.emit(into: &text)
+                        server.emitRequestMetrics(into: &text)
                         return text
                     },
                     readiness: readiness, backend: try GatewayServer.socketAddress(config.backend.address), router: built.router)
