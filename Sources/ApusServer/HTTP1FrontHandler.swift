@@ -87,6 +87,8 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var lastRead = NIODeadline.now()
     /// Whether this read batch moved a request on (a slowly dribbled head does not keep a connection).
     private var progressed = false
+    /// Whether this read batch gave the gateway part of a request.
+    private var gatewayFed = false
     /// The gateway, which this handler gives requests to by calling it (`GatewayHandler.receive`):
     /// through the pipeline each part was wrapped in `NIOAny` and cast back. The two refer
     /// to each other until this handler is removed (with the channel, or for an upgrade).
@@ -164,6 +166,7 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             progressed = true
             // Held before the body goes on: the gateway may answer at once, and framing resumes with these bytes.
             if buffer.readableBytes > 0 { hold(&buffer) }
+            gatewayFed = true
             gateway?.receive(.body(body))
             if remaining == forward { gateway?.receive(.end(nil)) }
             return
@@ -194,7 +197,13 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             needsFlush = false
             context.flush()
         }
-        context.fireChannelReadComplete()
+        // The handlers behind this one see a read batch only when it gave them part of a
+        // request, or when the connection is theirs (with the gateway, or handed over):
+        // native requests never reach them.
+        var theirs = true
+        if case .fast = mode { theirs = gatewayFed }
+        if theirs { context.fireChannelReadComplete() }
+        gatewayFed = false
         if case .gateway(0) = mode, pending.readableBytes <= Self.holdLimit, context.channel.isWritable {
             // The gateway withholds reads while it waits for a backend connection (and,
             // on a handed-over connection, so does the codec's pipelining handler); the
@@ -332,6 +341,7 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         progressed = true
         mode = .gateway(bodyRemaining: remaining)
         responses.expectResponse(to: requestHead.method)
+        gatewayFed = true
         // Found here to have no native route (method and normalised path checked against
         // the same table): the gateway takes the verdict instead of routing again.
         gateway?.receive(.head(requestHead), noNativeRoute: noNativeRoute, received: received)
