@@ -145,31 +145,25 @@ private final class HandlerBox: @unchecked Sendable {
 }
 
 extension Request {
-    /// Copies a borrowed C request: its text and header fields into one byte
-    /// array (decoded when read), path parameters into a dictionary and the body
-    /// into an array.
+    /// Copies a borrowed C request: its text and header fields into one
+    /// allocation (`ReceivedBytes`, decoded when read), path parameters into a
+    /// dictionary and the body into an array.
     fileprivate init(_ c: apus_type_request) {
         var total = c.method.length + c.path.length + c.query.length + c.request_id.length + c.remote_address.length
         for index in 0..<c.header_count { total += c.headers[index].name.length + c.headers[index].value.length }
-        var method = 0..<0, path = 0..<0, query = 0..<0, requestID = 0..<0, remoteAddress = 0..<0
-        var headers: [(name: Range<Int>, value: Range<Int>)] = []
-        headers.reserveCapacity(c.header_count)
-        // Gathered on the stack, then copied into the array in one go: an array made with
-        // `[UInt8](unsafeUninitializedCapacity:)` goes through an unspecialised standard-library
-        // entry point that looks the array's type up at run time (about 500 instructions, more
-        // than the copies), and appending part by part costs about as much.
-        let bytes = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(total, 1)) { buffer in
+        let received = ReceivedBytes(fieldCount: c.header_count, textCount: total) { fields, text in
             var offset = 0
-            method = Self.copy(c.method, into: buffer, at: &offset)
-            path = Self.copy(c.path, into: buffer, at: &offset)
-            query = Self.copy(c.query, into: buffer, at: &offset)
-            requestID = Self.copy(c.request_id, into: buffer, at: &offset)
-            remoteAddress = Self.copy(c.remote_address, into: buffer, at: &offset)
+            var parts = ReceivedBytes.Parts(fieldCount: c.header_count)
+            parts.method = Self.copy(c.method, into: text, at: &offset)
+            parts.path = Self.copy(c.path, into: text, at: &offset)
+            parts.query = Self.copy(c.query, into: text, at: &offset)
+            parts.requestID = Self.copy(c.request_id, into: text, at: &offset)
+            parts.remoteAddress = Self.copy(c.remote_address, into: text, at: &offset)
             for index in 0..<c.header_count {
-                let name = Self.copy(c.headers[index].name, into: buffer, at: &offset)
-                headers.append((name, Self.copy(c.headers[index].value, into: buffer, at: &offset)))
+                let name = Self.copy(c.headers[index].name, into: text, at: &offset)
+                ReceivedBytes.setField(index, name: name, value: Self.copy(c.headers[index].value, into: text, at: &offset), in: fields)
             }
-            return [UInt8](UnsafeBufferPointer(rebasing: buffer[..<offset]))
+            return parts
         }
         func string(_ value: apus_type_str) -> String {
             guard let data = value.data, value.length > 0 else { return "" }
@@ -181,17 +175,14 @@ extension Request {
         }
         let body: [UInt8] =
             c.body_length > 0 && c.body != nil ? Array(UnsafeBufferPointer(start: c.body, count: c.body_length)) : []
-        let received = ReceivedBytes(
-            bytes: bytes, method: method, path: path, query: query, requestID: requestID, remoteAddress: remoteAddress,
-            headers: headers)
         self.init(received: received, headers: Headers(received: received), pathParameters: parameters, body: body)
     }
 
-    /// Copies a borrowed C string's bytes into `buffer` at `offset` (moved past them) and says where they lie.
-    private static func copy(_ value: apus_type_str, into buffer: UnsafeMutableBufferPointer<UInt8>, at offset: inout Int) -> Range<Int> {
+    /// Copies a borrowed C string's bytes into `text` at `offset` (moved past them) and says where they lie.
+    private static func copy(_ value: apus_type_str, into text: UnsafeMutablePointer<UInt8>, at offset: inout Int) -> Range<Int> {
         let start = offset
         if let data = value.data, value.length > 0 {
-            UnsafeMutableRawPointer(buffer.baseAddress! + start).copyMemory(from: data, byteCount: value.length)
+            UnsafeMutableRawPointer(text + start).copyMemory(from: data, byteCount: value.length)
             offset += value.length
         }
         return start..<offset

@@ -15,15 +15,15 @@ public struct Request: Sendable {
     public let body: [UInt8]
 
     /// The method, upper-case: `"GET"`.
-    public var method: String { received.string(received.method) }
+    public var method: String { received.string(received.parts.method) }
     /// The normalised, percent-decoded path: `"/quote/ACME"`.
-    public var path: String { received.string(received.path) }
+    public var path: String { received.string(received.parts.path) }
     /// The raw query string without `?`, empty when there is none.
-    public var query: String { received.string(received.query) }
+    public var query: String { received.string(received.parts.query) }
     /// The request id the gateway logs and returns in `X-Request-ID`.
-    public var requestID: String { received.string(received.requestID) }
+    public var requestID: String { received.string(received.parts.requestID) }
     /// The client's address, `"127.0.0.1:51234"`, or empty when unknown.
-    public var remoteAddress: String { received.string(received.remoteAddress) }
+    public var remoteAddress: String { received.string(received.parts.remoteAddress) }
 
     /// Creates a request; the gateway does this for you, tests may too.
     public init(
@@ -79,7 +79,11 @@ public struct Headers: Sendable, Sequence {
     public var fields: [(name: String, value: String)] {
         switch storage {
         case .list(let fields): fields
-        case .received(let received): received.headers.map { (received.string($0.name), received.string($0.value)) }
+        case .received(let received):
+            (0..<received.fieldCount).map { index in
+                let field = received.field(index)
+                return (received.string(field.name), received.string(field.value))
+            }
         }
     }
 
@@ -90,9 +94,11 @@ public struct Headers: Sendable, Sequence {
         case .list(let fields):
             return fields.first { sameIgnoringASCIICase($0.name.utf8, name.utf8) }?.value
         case .received(let received):
-            guard let field = received.headers.first(where: { sameIgnoringASCIICase(received.bytes[$0.name], name.utf8) })
-            else { return nil }
-            return received.string(field.value)
+            for index in 0..<received.fieldCount {
+                let field = received.field(index)
+                if received.withBytes(field.name, { sameIgnoringASCIICase($0, name.utf8) }) { return received.string(field.value) }
+            }
+            return nil
         }
     }
 
@@ -109,47 +115,91 @@ public struct Headers: Sendable, Sequence {
 
 /// The text of a request (method, path, query, request id, client address and
 /// header fields) as one run of bytes with where each part lies, copied once from
-/// what the host lent. Immutable, so copies of a request share it across threads.
-final class ReceivedBytes: Sendable {
-    let bytes: [UInt8]
-    let method: Range<Int>
-    let path: Range<Int>
-    let query: Range<Int>
-    let requestID: Range<Int>
-    let remoteAddress: Range<Int>
-    let headers: [(name: Range<Int>, value: Range<Int>)]
+/// what the host lent. One allocation holds it all: where the parts lie in the
+/// header, then each header field's place and the bytes in the tail (a byte array
+/// and a field array of their own were two more allocations and releases per
+/// request). Immutable once made, so copies of a request share it across threads
+/// (hence `@unchecked`: `ManagedBuffer` is not `Sendable` itself).
+struct ReceivedBytes: @unchecked Sendable {
+    /// Where the request's parts lie in the text.
+    struct Parts {
+        var method = 0..<0
+        var path = 0..<0
+        var query = 0..<0
+        var requestID = 0..<0
+        var remoteAddress = 0..<0
+        var fieldCount = 0
+    }
 
+    private final class Storage: ManagedBuffer<Parts, UInt8> {}
+
+    private let storage: Storage
+
+    /// A field's place in the tail: name start and end, value start and end, as
+    /// `Int32`s (a request head is at most a few hundred KiB).
+    private static let fieldStride = 4 * MemoryLayout<Int32>.size
+
+    /// Allocates room for `fieldCount` header fields and `textCount` bytes of text;
+    /// `fill` writes the fields' places (with `setField`) and the text, and says where the parts lie.
     init(
-        bytes: [UInt8], method: Range<Int>, path: Range<Int>, query: Range<Int>, requestID: Range<Int>,
-        remoteAddress: Range<Int>, headers: [(name: Range<Int>, value: Range<Int>)]
+        fieldCount: Int, textCount: Int, _ fill: (_ fields: UnsafeMutableRawPointer, _ text: UnsafeMutablePointer<UInt8>) -> Parts
     ) {
-        self.bytes = bytes
-        self.method = method
-        self.path = path
-        self.query = query
-        self.requestID = requestID
-        self.remoteAddress = remoteAddress
-        self.headers = headers
+        let buffer = Storage.create(minimumCapacity: fieldCount * Self.fieldStride + textCount) { _ in Parts() }
+        // `create` called on a subclass makes an instance of that subclass.
+        storage = unsafeDowncast(buffer, to: Storage.self)
+        storage.withUnsafeMutablePointers { parts, tail in
+            parts.pointee = fill(UnsafeMutableRawPointer(tail), tail + fieldCount * Self.fieldStride)
+        }
+    }
+
+    /// Records field `index`'s place, for `init`'s `fill`.
+    static func setField(_ index: Int, name: Range<Int>, value: Range<Int>, in fields: UnsafeMutableRawPointer) {
+        let place = fields + index * fieldStride
+        place.storeBytes(of: Int32(truncatingIfNeeded: name.lowerBound), toByteOffset: 0, as: Int32.self)
+        place.storeBytes(of: Int32(truncatingIfNeeded: name.upperBound), toByteOffset: 4, as: Int32.self)
+        place.storeBytes(of: Int32(truncatingIfNeeded: value.lowerBound), toByteOffset: 8, as: Int32.self)
+        place.storeBytes(of: Int32(truncatingIfNeeded: value.upperBound), toByteOffset: 12, as: Int32.self)
     }
 
     /// The request parts given as strings (a request made in Swift, as tests do).
-    convenience init(method: String, path: String, query: String, requestID: String, remoteAddress: String) {
-        var bytes: [UInt8] = []
-        func append(_ text: String) -> Range<Int> {
-            let start = bytes.count
-            bytes.append(contentsOf: text.utf8)
-            return start..<bytes.count
+    init(method: String, path: String, query: String, requestID: String, remoteAddress: String) {
+        let texts = [method, path, query, requestID, remoteAddress]
+        self.init(fieldCount: 0, textCount: texts.reduce(0) { $0 + $1.utf8.count }) { _, text in
+            var offset = 0
+            let ranges = texts.map { part -> Range<Int> in
+                let start = offset
+                for byte in part.utf8 {
+                    text[offset] = byte
+                    offset += 1
+                }
+                return start..<offset
+            }
+            return Parts(method: ranges[0], path: ranges[1], query: ranges[2], requestID: ranges[3], remoteAddress: ranges[4])
         }
-        let method = append(method), path = append(path), query = append(query)
-        let requestID = append(requestID), remoteAddress = append(remoteAddress)
-        self.init(
-            bytes: bytes, method: method, path: path, query: query, requestID: requestID, remoteAddress: remoteAddress,
-            headers: [])
+    }
+
+    var parts: Parts { storage.header }
+    var fieldCount: Int { storage.header.fieldCount }
+
+    /// Field `index`'s name and value, as places in the text.
+    func field(_ index: Int) -> (name: Range<Int>, value: Range<Int>) {
+        storage.withUnsafeMutablePointerToElements { tail in
+            let place = UnsafeRawPointer(tail) + index * Self.fieldStride
+            func bound(_ offset: Int) -> Int { Int(place.loadUnaligned(fromByteOffset: offset, as: Int32.self)) }
+            return (bound(0)..<bound(4), bound(8)..<bound(12))
+        }
+    }
+
+    /// The text at `range`, lent to `body`.
+    func withBytes<Result>(_ range: Range<Int>, _ body: (UnsafeBufferPointer<UInt8>) -> Result) -> Result {
+        storage.withUnsafeMutablePointers { parts, tail in
+            body(UnsafeBufferPointer(start: tail + parts.pointee.fieldCount * Self.fieldStride + range.lowerBound, count: range.count))
+        }
     }
 
     /// The bytes at `range` as a string (invalid UTF-8 becomes U+FFFD).
     func string(_ range: Range<Int>) -> String {
-        bytes.withUnsafeBufferPointer { String(decoding: UnsafeBufferPointer(rebasing: $0[range]), as: UTF8.self) }
+        withBytes(range) { String(decoding: $0, as: UTF8.self) }
     }
 }
 
