@@ -98,6 +98,7 @@ final class RequestSeries: Sendable {
         5_000_000, 10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 500_000_000, 1_000_000_000, 2_500_000_000,
         5_000_000_000, 10_000_000_000,
     ]
+    /// `bucketBounds.count` (checked when a series is made).
     static let bucketCount = 11
     /// The layout of `cells`: requests by method and status class (first digit 0–9),
     /// then the total and upstream histograms (a count per bucket, the sum in
@@ -111,7 +112,7 @@ final class RequestSeries: Sendable {
     private let cells: InlineArray<128, Atomic<Int>>
 
     init(labels: SeriesLabels) {
-        precondition(Self.cellCount <= 128)
+        precondition(Self.cellCount <= 128 && Self.bucketBounds.count == Self.bucketCount)
         self.labels = labels
         cells = InlineArray { _ in Atomic(0) }
     }

@@ -633,8 +633,6 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
-/// Whether a raw path is already in normal form (no escapes, NUL, dot segments
-/// or repeated slashes), so it can be used as it is.
 /// A request method as text: the standard ones without decoding (they are string literals).
 private func methodText(_ bytes: UnsafeRawBufferPointer) -> String {
     func equals(_ name: StaticString) -> Bool {

@@ -8,8 +8,9 @@ import Synchronization
 #endif
 
 /// Everything one event loop owns: its backend pool, its view of the routes, a
-/// request-id generator, a cached `Date` header, and its request metrics. Touched only on its loop,
-/// so none of it needs a lock.
+/// request-id generator, a cached `Date` header and its request metrics. Touched
+/// only on its loop, so none of it needs a lock (the metrics' cells are also read
+/// by scrapes, see `RequestSeries`).
 final class LoopState {
     let eventLoop: any EventLoop
     let pool: UpstreamPool
