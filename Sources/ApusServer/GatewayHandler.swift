@@ -173,19 +173,24 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// `noNativeRoute`: it found no native route for the head, so it is proxied
     /// without routing again. `received`: the head's bytes, which a proxied request's
     /// head for the backend is written from (`UpstreamRequestHead.relaying`).
-    func receive(_ part: HTTPServerRequestPart, noNativeRoute: Bool = false, received: ReceivedRequestHead? = nil) {
+    /// `facts`: given with `noNativeRoute` (and `received`), what the front handler's
+    /// parse found in the fields, which the head then does not carry.
+    func receive(
+        _ part: HTTPServerRequestPart, noNativeRoute: Bool = false, received: ReceivedRequestHead? = nil, facts: FramedHeadFacts? = nil
+    ) {
         guard let context else { return }
-        receive(part, context: context, noNativeRoute: noNativeRoute, received: received)
+        receive(part, context: context, noNativeRoute: noNativeRoute, received: received, facts: facts)
     }
 
     private func receive(
-        _ part: HTTPServerRequestPart, context: ChannelHandlerContext, noNativeRoute: Bool = false, received: ReceivedRequestHead? = nil
+        _ part: HTTPServerRequestPart, context: ChannelHandlerContext, noNativeRoute: Bool = false, received: ReceivedRequestHead? = nil,
+        facts: FramedHeadFacts? = nil
     ) {
         switch part {
         case .head(let head):
             // Kept only while the head is handled: a proxied request's head is written in `startProxy`, at once.
             receivedHead = received
-            requestHead(head, context: context, noNativeRoute: noNativeRoute)
+            requestHead(head, context: context, noNativeRoute: noNativeRoute, facts: received == nil ? nil : facts)
             receivedHead = nil
         case .body(let buffer): requestBody(buffer, context: context)
         case .end(let trailers): requestEnd(trailers, context: context)
@@ -340,11 +345,17 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: requests
 
-    private func requestHead(_ received: HTTPRequestHead, context: ChannelHandlerContext, noNativeRoute: Bool) {
+    private func requestHead(_ received: HTTPRequestHead, context: ChannelHandlerContext, noNativeRoute: Bool, facts: FramedHeadFacts? = nil) {
         var head = received
         generation += 1
+        let supplied: String?
+        if let facts {
+            supplied = facts.requestID
+        } else {
+            supplied = head.headers.first(name: "x-request-id")
+        }
         let requestID: String
-        if let supplied = head.headers.first(name: "x-request-id"), isValidRequestID(supplied) {
+        if let supplied, isValidRequestID(supplied) {
             requestID = supplied
         } else {
             requestID = loop.makeRequestID()
@@ -352,11 +363,11 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if info != nil { RequestMetrics.inFlight.decrement() }  // an unfinished request replaced (cannot happen with the pipeline handler)
         info = RequestInfo(
             method: head.method, uri: head.uri, version: head.version, requestID: requestID, started: .now(),
-            keepAlive: head.isKeepAlive || head.version.major >= 2)
+            keepAlive: facts?.keepAlive ?? (head.isKeepAlive || head.version.major >= 2))
         RequestMetrics.inFlight.increment()
 
         if noNativeRoute {
-            startProxy(head, context: context)
+            startProxy(head, context: context, facts: facts)
             return
         }
         // HTTP/1 heads from NIO's decoder (the front handler frames none with a
@@ -454,12 +465,13 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The bytes of the head being handled, when the front handler framed it.
     private var receivedHead: ReceivedRequestHead?
 
-    private func startProxy(_ head: HTTPRequestHead, context: ChannelHandlerContext, bodyKnown: Bool = false) {
+    private func startProxy(_ head: HTTPRequestHead, context: ChannelHandlerContext, bodyKnown: Bool = false, facts: FramedHeadFacts? = nil) {
         guard shared.readiness.isReady else {
             reject(.serviceUnavailable, "backend is starting", context: context, retryAfter: true)
             return
         }
-        if let token = upgradeToken(head) {
+        // (The front handler gives no upgrade with facts: it leaves those to NIO's codec.)
+        if facts == nil, let token = upgradeToken(head) {
             guard head.version.major >= 2 || !Self.hasBody(head) else {
                 // The handshake's bytes after the head belong to the tunnel, so a body
                 // would be lost on the way and the backend would wait for it.
@@ -474,7 +486,8 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         let exchange = ProxyExchange(
-            pool: loop.pool, head: upstreamHead(for: head, context: context), requestHasBody: Self.hasBody(head), downstream: self)
+            pool: loop.pool, head: upstreamHead(for: head, context: context), requestHasBody: facts?.hasBody ?? Self.hasBody(head),
+            downstream: self)
         state = .proxy(exchange)
         exchange.start()
         sendContinueIfExpected(head, context: context)

@@ -332,7 +332,11 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Gives one request to the gateway: its head, as much of its body as is here,
     /// and its end if the body is complete (the rest of the body follows as it arrives).
     private func toGateway(_ head: HTTP1RequestHead, _ context: ChannelHandlerContext, noNativeRoute: Bool) {
-        let requestHead = makeRequestHead(head)
+        // A request with no native route goes straight to the backend, written from its
+        // bytes: what the gateway needs of its fields, this parse already knows, so its
+        // `HTTPHeaders` (a `String` per name and value) are not made.
+        let facts = noNativeRoute ? makeFacts(head) : nil
+        let requestHead = makeRequestHead(head, withFields: facts == nil)
         let received = ReceivedRequestHead(bytes: pending.readSlice(length: head.length)!, target: head.target, fields: fields)
         let available = min(head.contentLength, pending.readableBytes)
         let body = available > 0 ? pending.readSlice(length: available) : nil
@@ -344,20 +348,25 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         gatewayFed = true
         // Found here to have no native route (method and normalised path checked against
         // the same table): the gateway takes the verdict instead of routing again.
-        gateway?.receive(.head(requestHead), noNativeRoute: noNativeRoute, received: received)
+        gateway?.receive(.head(requestHead), noNativeRoute: noNativeRoute, received: received, facts: facts)
         if let body { gateway?.receive(.body(body)) }
         if remaining == 0 { gateway?.receive(.end(nil)) }
         if !inReadBatch { context.fireChannelReadComplete() }
     }
 
     /// The gateway's view of a framed head: NIO's `HTTPRequestHead`, with the fields as they came.
-    private func makeRequestHead(_ head: HTTP1RequestHead) -> HTTPRequestHead {
+    private func makeRequestHead(_ head: HTTP1RequestHead, withFields: Bool) -> HTTPRequestHead {
         pending.withUnsafeReadableBytes { bytes in
             HTTPRequestHead(
                 version: HTTPVersion(major: 1, minor: head.minorVersion),
                 method: HTTPMethod(rawValue: HTTPSyntax.string(bytes, head.method)),
-                uri: HTTPSyntax.string(bytes, head.target), headers: HTTPSyntax.headers(bytes, fields))
+                uri: HTTPSyntax.string(bytes, head.target), headers: withFields ? HTTPSyntax.headers(bytes, fields) : HTTPHeaders())
         }
+    }
+
+    private func makeFacts(_ head: HTTP1RequestHead) -> FramedHeadFacts {
+        let requestID = head.requestID.flatMap { pending.getString(at: pending.readerIndex + $0.lowerBound, length: $0.count) }
+        return FramedHeadFacts(requestID: requestID, keepAlive: head.keepAlive, hasBody: head.contentLength > 0)
     }
 
     /// Whether the connection was handed to NIO's codec (which then frames every request).
@@ -406,7 +415,7 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Where this request goes, as far as this handler can tell.
     private func routing(for head: HTTP1RequestHead) -> Routing {
         let router = loop.router
-        guard !router.table.isEmpty, !head.expects else { return .gatewayDecides }
+        guard !head.expects else { return .gatewayDecides }
         return pending.withUnsafeReadableBytes { bytes -> Routing in
             let methodBytes = UnsafeRawBufferPointer(rebasing: bytes[head.method])
             let target = UnsafeRawBufferPointer(rebasing: bytes[head.target])
@@ -415,6 +424,11 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let match: RouteTable<NativeRoute>.Match
             let path: String
             let method: String
+            if router.table.isEmpty {
+                // A path in normal form is a valid one: the backend's. Others the gateway checks.
+                let valid = rawPathBytes.first == UInt8(ascii: "/") && NormalizedPath.isCanonical(rawPathBytes)
+                return valid ? .noNativeRoute : .gatewayDecides
+            }
             // Strings are made only for a native route, or when the path must be normalised first.
             switch router.table.quickMatch(method: methodBytes, path: rawPathBytes) {
             case .noRoute:

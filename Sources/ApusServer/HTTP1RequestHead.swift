@@ -137,7 +137,8 @@ struct HTTP1RequestHead {
             case .expect:
                 head.expects = true
             case .requestID:
-                head.requestID = value
+                // The first, as `HTTPHeaders.first(name:)` finds it.
+                if head.requestID == nil { head.requestID = value }
             case .other:
                 break
             }

@@ -337,3 +337,18 @@ def test_a_handler_cannot_send_broken_headers_or_framing_over_either_protocol(ga
 
         status, headers, body = fetch(gateway, "/shaped?kind=nocontent")
         assert status == 204 and body == b"" and "content-length" not in headers, (fetch.__name__, headers)
+
+
+def test_the_first_of_two_request_ids_is_kept_native_and_proxied(gateway):
+    """With two X-Request-ID fields, both paths keep the first (as the gateway's
+    `HTTPHeaders.first(name:)` would), and the backend gets the same id back."""
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /echo/ids/x HTTP/1.1\r\nHost: x\r\nX-Request-ID: first-id\r\nX-Request-ID: second-id\r\n\r\n"
+                     b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Request-ID: first-id\r\nX-Request-ID: second-id\r\n"
+                     b"Connection: close\r\n\r\n")
+        buffered = bytearray()
+        status, headers, _ = read_response(sock, buffered)
+        assert status == 200 and headers["x-request-id"] == "first-id"
+        status, headers, body = read_response(sock, buffered)
+        assert status == 200 and headers["x-request-id"] == "first-id"
+        assert json.loads(body)["headers"]["x-request-id"] == "first-id"
