@@ -22,15 +22,3 @@ extension GatewayShared {
                 requestID: requestID, traceID: traceID))
     }
 }
-
-/// What the HTTP/1.1 front handler's parse found in a request head's fields, given
-/// to the gateway with a head it proxies at once (no native route): the gateway
-/// reads these instead of the head's `HTTPHeaders`, which are then not made.
-struct FramedHeadFacts {
-    /// The first `X-Request-ID` value, if any (the gateway checks it).
-    let requestID: String?
-    /// Whether the connection stays open after this request (`Connection` and the version).
-    let keepAlive: Bool
-    /// Whether a body follows (a `Content-Length` over 0; the front handler frames no other).
-    let hasBody: Bool
-}
