@@ -45,7 +45,8 @@ public struct RouteTable<Target: Sendable>: Sendable {
     public enum QuickMatch {
         /// The route, found with one lookup: an all-literal route for a path in normal form.
         case route(Match)
-        /// No route can match: the path is in normal form and no route's first segment fits it.
+        /// No route can match: the path is in normal form and origin form (so a valid
+        /// one), and no route's first segment fits it, or there are no routes at all.
         case noRoute
         /// Ask `match` (with a `NormalizedPath`): the path needs normalising, or a route with parameters may match.
         case ask
@@ -59,6 +60,7 @@ public struct RouteTable<Target: Sendable>: Sendable {
     @inlinable
     public func quickMatch(method: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer) -> QuickMatch {
         guard NormalizedPath.isCanonical(path) else { return .ask }
+        if targets.isEmpty { return path.first == UInt8(ascii: "/") ? .noRoute : .ask }
         if let entry = index.literalEntry(method: method, normalPath: path) {
             return .route(Match(target: targets[entry], pattern: index.patterns[entry], parameters: []))
         }

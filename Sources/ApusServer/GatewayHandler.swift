@@ -448,17 +448,12 @@ final class GatewayHandler: ChannelDuplexHandler, RemovableChannelHandler {
         startProxy(head, context: context)
     }
 
-    /// `RouteTable.quickMatch` over the head's text; with no native routes, `.noRoute`
-    /// for any path already in normal form (which is also a valid one).
+    /// `RouteTable.quickMatch` over the head's text.
     private static func quickRoute(method: String, rawPath: Substring, table: RouteTable<NativeRoute>) -> RouteTable<NativeRoute>.QuickMatch {
-        let answer = rawPath.utf8.withContiguousStorageIfAvailable { path -> RouteTable<NativeRoute>.QuickMatch in
-            let path = UnsafeRawBufferPointer(path)
-            if table.isEmpty {
-                return path.first == UInt8(ascii: "/") && NormalizedPath.isCanonical(path) ? .noRoute : .ask
-            }
-            return method.utf8.withContiguousStorageIfAvailable { table.quickMatch(method: UnsafeRawBufferPointer($0), path: path) } ?? .ask
+        let answer = rawPath.utf8.withContiguousStorageIfAvailable { path in
+            method.utf8.withContiguousStorageIfAvailable { table.quickMatch(method: UnsafeRawBufferPointer($0), path: UnsafeRawBufferPointer(path)) }
         }
-        return answer ?? .ask
+        return (answer ?? nil) ?? .ask
     }
 
     private var nativeHeaders = HTTPHeaders()

@@ -424,11 +424,6 @@ final class HTTP1FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let match: RouteTable<NativeRoute>.Match
             let path: String
             let method: String
-            if router.table.isEmpty {
-                // A path in normal form is a valid one: the backend's. Others the gateway checks.
-                let valid = rawPathBytes.first == UInt8(ascii: "/") && NormalizedPath.isCanonical(rawPathBytes)
-                return valid ? .noNativeRoute : .gatewayDecides
-            }
             // Strings are made only for a native route, or when the path must be normalised first.
             switch router.table.quickMatch(method: methodBytes, path: rawPathBytes) {
             case .noRoute:

@@ -180,6 +180,15 @@ struct QuickRouteLookupTests {
         #expect(accented.match(method: "GET", path: try NormalizedPath("/caf\u{65}\u{301}/1"))?.target == "accented")
     }
 
+    /// With no routes, every path in normal form is the backend's; the rest still go to the tree.
+    @Test func noRoutesAtAll() throws {
+        let empty = try RouteTable<String>([])
+        #expect(quick(empty, "GET", "/hello/bench") == .noRoute)
+        #expect(quick(empty, "GET", "/") == .noRoute)
+        #expect(quick(empty, "GET", "/a/../b") == .ask)
+        #expect(quick(empty, "OPTIONS", "*") == .ask)
+    }
+
     @Test func canonicalPaths() {
         func canonical(_ path: String) -> Bool { Array(path.utf8).withUnsafeBytes { NormalizedPath.isCanonical($0) } }
         for path in ["/", "/a/b", "/a/b/", "/.well-known/x", "/a/...", "/a.b"] { #expect(canonical(path), "\(path)") }
